@@ -1,0 +1,122 @@
+"""Scripted readings for tests: several devices, leaks, and lazy release.
+
+Each device has a current usage that tests change with :meth:`FakeBackend.set`,
+and may have a pending release: memory that goes away only ``delay`` seconds after
+it was scheduled, the way ROCm returns VRAM lazily after shutdown or process exit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+
+from memdiag.backends.base import Availability, BackendUnavailable
+from memdiag.readings import DeviceReading, ProcessUsage
+
+__all__ = ["FakeBackend", "FakeDevice"]
+
+
+@dataclass
+class FakeDevice:
+    allocated: int = 0
+    reserved: int = 0
+    driver_used: int = 0
+    total: int = 80 * 1024**3
+    process_used: int | None = None
+    processes: tuple[ProcessUsage, ...] = ()
+    peak_allocated: int = 0
+    pending: list[tuple[float, int]] = field(default_factory=list)
+    """(monotonic time when it is released, bytes) for lazily released memory."""
+
+
+class FakeBackend:
+    """A backend whose numbers are whatever the test says."""
+
+    name = "fake"
+
+    def __init__(
+        self,
+        devices: Iterable[str] = ("fake:0",),
+        *,
+        unavailable: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._devices = {name: FakeDevice() for name in devices}
+        self._unavailable = unavailable
+        self._clock = clock
+        self.reads = 0
+        self.settles = 0
+
+    def probe(self) -> Availability:
+        if self._unavailable:
+            return Availability.no(self._unavailable)
+        return Availability.yes()
+
+    def devices(self) -> tuple[str, ...]:
+        if self._unavailable:
+            raise BackendUnavailable(self._unavailable)
+        return tuple(self._devices)
+
+    def set(self, device: str, **values: int | None | tuple[ProcessUsage, ...]) -> None:
+        state = self._devices[device]
+        for key, value in values.items():
+            setattr(state, key, value)
+        if state.allocated > state.peak_allocated:
+            state.peak_allocated = state.allocated
+
+    def allocate(self, device: str, nbytes: int) -> None:
+        state = self._devices[device]
+        self.set(
+            device,
+            allocated=state.allocated + nbytes,
+            reserved=max(state.reserved, state.allocated + nbytes),
+            driver_used=state.driver_used + nbytes,
+        )
+
+    def release_later(self, device: str, nbytes: int, delay: float) -> None:
+        """Free ``nbytes`` of allocated memory ``delay`` seconds from now."""
+        self._devices[device].pending.append((self._clock() + delay, nbytes))
+
+    def _apply_pending(self, state: FakeDevice) -> None:
+        now = self._clock()
+        due = [p for p in state.pending if p[0] <= now]
+        for item in due:
+            state.pending.remove(item)
+            state.allocated -= item[1]
+            state.reserved -= item[1]
+            state.driver_used -= item[1]
+
+    def read(self, device: str) -> DeviceReading:
+        if device not in self._devices:
+            raise BackendUnavailable(f"fake backend has no device {device!r}")
+        self.reads += 1
+        state = self._devices[device]
+        self._apply_pending(state)
+        return DeviceReading(
+            device=device,
+            sources=(self.name,),
+            allocated=state.allocated,
+            reserved=state.reserved,
+            active=state.allocated,
+            peak_allocated=state.peak_allocated,
+            peak_reserved=state.reserved,
+            driver_used=state.driver_used,
+            total=state.total,
+            process_used=state.process_used,
+            processes=state.processes,
+            time=self._clock(),
+        )
+
+    def reset_peak(self, device: str) -> None:
+        state = self._devices[device]
+        state.peak_allocated = state.allocated
+
+    def settle(self, device: str) -> None:
+        self.settles += 1
+
+    def close(self) -> None:
+        return None
+
+    def snapshot(self, device: str) -> FakeDevice:
+        return replace(self._devices[device], pending=list(self._devices[device].pending))

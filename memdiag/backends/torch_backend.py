@@ -1,0 +1,160 @@
+"""Accelerator memory through torch's caching allocator (CUDA, ROCm, XPU...).
+
+Reads allocator counters only: ``allocated`` (live tensors), ``reserved`` (allocated
+plus the allocator's cache), ``active`` and the peaks; and, for a device whose
+context exists, the device-wide ``driver_used``/``total`` from ``mem_get_info``.
+It never creates a device context: a device the program has not initialised reads
+as zero, and ``mem_get_info`` (which would create one) is called only for devices
+the allocator already uses.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import ModuleType
+from typing import Any
+
+from memdiag.backends.base import Availability, BackendUnavailable
+from memdiag.readings import DeviceReading
+
+__all__ = ["TorchBackend"]
+
+
+def _torch() -> ModuleType:
+    import torch
+
+    return torch
+
+
+class TorchBackend:
+    """Every accelerator torch can see, through ``torch.accelerator`` where it exists."""
+
+    name = "torch"
+
+    def __init__(self) -> None:
+        self._kind: str | None = None
+        self._count = 0
+
+    def probe(self) -> Availability:
+        try:
+            torch = _torch()
+        except Exception as exc:  # noqa: BLE001 - a broken install must not crash us
+            return Availability.no(f"torch cannot be imported ({type(exc).__name__}: {exc})")
+        try:
+            kind, count = _accelerator(torch)
+        except Exception as exc:  # noqa: BLE001
+            return Availability.no(f"torch could not query accelerators: {exc}")
+        if not kind or not count:
+            return Availability.no("torch sees no accelerator (CPU-only build or no GPU visible)")
+        self._kind, self._count = kind, count
+        return Availability.yes()
+
+    def devices(self) -> tuple[str, ...]:
+        if self._kind is None:
+            availability = self.probe()
+            if not availability.available:
+                raise BackendUnavailable(availability.reason)
+        return tuple(f"{self._kind}:{i}" for i in range(self._count))
+
+    def _module(self) -> Any:
+        torch = _torch()
+        return getattr(torch, self._kind or "cuda")
+
+    def _index(self, device: str) -> int:
+        kind, _, index = device.partition(":")
+        if kind != self._kind or not index.isdigit() or int(index) >= self._count:
+            raise BackendUnavailable(f"torch backend has no device {device!r}")
+        return int(index)
+
+    def initialized(self) -> bool:
+        module = self._module()
+        is_init = getattr(module, "is_initialized", None)
+        return bool(is_init()) if callable(is_init) else True
+
+    def read(self, device: str) -> DeviceReading:
+        index = self._index(device)
+        now = time.monotonic()
+        if not self.initialized():
+            return DeviceReading(
+                device=device,
+                sources=(self.name,),
+                allocated=0,
+                reserved=0,
+                active=0,
+                peak_allocated=0,
+                peak_reserved=0,
+                time=now,
+                extra={"initialized": False},
+            )
+        try:
+            stats = self._module().memory_stats(index)
+        except Exception as exc:  # noqa: BLE001
+            raise BackendUnavailable(f"{device}: torch memory_stats failed: {exc}") from exc
+        reserved = int(stats.get("reserved_bytes.all.current", 0))
+        driver_used = total = None
+        if reserved:
+            try:
+                free, total = self._module().mem_get_info(index)
+                driver_used = int(total - free)
+            except Exception:  # noqa: BLE001 - device-wide numbers are optional
+                pass
+        return DeviceReading(
+            device=device,
+            sources=(self.name,),
+            allocated=int(stats.get("allocated_bytes.all.current", 0)),
+            reserved=reserved,
+            active=int(stats.get("active_bytes.all.current", 0)),
+            peak_allocated=int(stats.get("allocated_bytes.all.peak", 0)),
+            peak_reserved=int(stats.get("reserved_bytes.all.peak", 0)),
+            driver_used=driver_used,
+            total=int(total) if total is not None else None,
+            time=now,
+            extra={"initialized": True},
+        )
+
+    def reset_peak(self, device: str) -> None:
+        index = self._index(device)
+        if self.initialized():
+            self._module().reset_peak_memory_stats(index)
+
+    def settle(self, device: str) -> None:
+        """Synchronise the device and free cuBLAS/cuBLASLt workspaces torch keeps."""
+        index = self._index(device)
+        if not self.initialized():
+            return
+        module = self._module()
+        module.synchronize(index)
+        torch_c = getattr(sys.modules.get("torch"), "_C", None)
+        for name in ("_cuda_clearCublasWorkspaces",):
+            clear = getattr(torch_c, name, None)
+            if callable(clear) and self._kind == "cuda":
+                clear()
+
+    def empty_cache(self) -> None:
+        if self.initialized():
+            self._module().empty_cache()
+
+    def close(self) -> None:
+        return None
+
+
+def _accelerator(torch: Any) -> tuple[str | None, int]:
+    """The accelerator type torch uses and how many devices it sees.
+
+    Never initialises CUDA: for CUDA and ROCm builds ``torch.cuda.device_count()``
+    counts through NVML / amdsmi when they work (fork-safe), unlike
+    ``torch.cuda.is_available()``, which calls into the CUDA runtime; a process
+    that forks after that cannot use CUDA in its children.
+    """
+    version = getattr(torch, "version", None)
+    if getattr(version, "cuda", None) or getattr(version, "hip", None):
+        count = int(torch.cuda.device_count())
+        return ("cuda", count) if count else (None, 0)
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "current_accelerator"):
+        if not accelerator.is_available():
+            return None, 0
+        current = accelerator.current_accelerator()
+        return (str(current.type), int(accelerator.device_count())) if current else (None, 0)
+    return None, 0

@@ -1,0 +1,279 @@
+"""Census of live torch tensors, identified by their storage.
+
+A tensor's bytes live in its storage; views and aliases share one storage, so the
+census counts each storage once, at the storage's size.  A storage is identified by
+``untyped_storage()._cdata`` (the address of the C++ ``StorageImpl``, unique while it
+lives).  Addresses are reused after a free, so "did this storage exist at baseline"
+is answered with a weak reference to the storage's Python object, which torch
+preserves for as long as the storage lives: a key whose weak reference still points
+at the same object is the same storage.
+
+The census never imports torch unless torch is already imported by the program
+(no tensors can exist otherwise) and never touches device memory: it reads metadata
+only, so it may also run in a forked child (see :mod:`memdiag.heap`).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from memdiag.heap import HeapView, call_with_full_heap
+
+__all__ = [
+    "Census",
+    "StorageLedger",
+    "StorageRecord",
+    "TensorSummary",
+    "take_census",
+    "tensor_class",
+]
+
+
+def is_tensor_type(tp: type, tensor: type, _cache: dict[type, bool] = {}) -> bool:  # noqa: B006
+    """``issubclass(tp, tensor)``, cached.  Walks test ``type(obj)``, never
+    ``isinstance``: that would call ``__class__`` on proxies, mocks and lazy modules."""
+    known = _cache.get(tp)
+    if known is None:
+        try:
+            known = _cache[tp] = issubclass(tp, tensor)
+        except TypeError:
+            known = False
+    return known
+
+
+def tensor_class() -> type | None:
+    """``torch.Tensor`` if the program has imported torch, else ``None``."""
+    torch = sys.modules.get("torch")
+    tensor = getattr(torch, "Tensor", None) if torch is not None else None
+    return tensor if isinstance(tensor, type) else None
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    """Plain description of one tensor: what a report lists."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    device: str
+    type_name: str
+    nbytes: int
+
+    def describe(self) -> str:
+        from memdiag.units import format_bytes
+
+        dims = "x".join(str(d) for d in self.shape) or "scalar"
+        kind = "" if self.type_name == "Tensor" else f"{self.type_name} "
+        return f"{kind}{dims} {self.dtype} on {self.device} ({format_bytes(self.nbytes)})"
+
+
+@dataclass(frozen=True)
+class StorageRecord:
+    """One live storage: its key, size, device, and the tensors that view it."""
+
+    key: int
+    nbytes: int
+    device: str
+    data_ptr: int
+    example: TensorSummary
+    tensor_count: int
+    frozen: bool
+    """Every tensor object that views this storage is frozen by ``gc.freeze()``."""
+
+
+@dataclass(frozen=True)
+class Census:
+    """Live storages found in one heap walk, split by whether they predate baseline."""
+
+    new: tuple[StorageRecord, ...]
+    baseline_bytes: dict[str, int]
+    new_bytes: dict[str, int]
+    frozen_bytes: dict[str, int]
+    heap_objects: int
+    skipped: int = 0
+    """Tensors whose storage could not be read (sparse, meta, fake): not counted."""
+
+    def bytes_on(self, device: str, *, frozen: bool | None = None) -> int:
+        return sum(
+            r.nbytes
+            for r in self.new
+            if r.device == device and (frozen is None or r.frozen == frozen)
+        )
+
+
+@dataclass
+class StorageLedger:
+    """Storages known to predate the baseline, held by weak reference only."""
+
+    refs: dict[int, weakref.ReferenceType[Any]] = field(default_factory=dict)
+    strong_keys: set[int] = field(default_factory=set)
+    """Keys seen only through frozen tensors in a forked walk (no weakref possible)."""
+
+    def knows(self, key: int, storage: object) -> bool:
+        ref = self.refs.get(key)
+        if ref is not None:
+            return ref() is storage
+        return key in self.strong_keys
+
+    def refresh(self) -> int:
+        """Record every storage alive now; returns the number of heap objects walked."""
+        tensor = tensor_class()
+        self.refs.clear()
+        self.strong_keys.clear()
+        if tensor is None:
+            return 0
+        objects = gc.get_objects()
+        try:
+            for obj in objects:
+                if is_tensor_type(type(obj), tensor):
+                    storage = _storage_of(obj)
+                    if storage is not None:
+                        try:
+                            self.refs[storage._cdata] = weakref.ref(storage)
+                        except TypeError:
+                            self.strong_keys.add(storage._cdata)
+            if gc.get_freeze_count():
+                self.strong_keys.update(call_with_full_heap(_frozen_storage_keys))
+            return len(objects)
+        finally:
+            del objects
+
+    def clear(self) -> None:
+        self.refs.clear()
+        self.strong_keys.clear()
+
+
+def _frozen_storage_keys(view: HeapView) -> set[int]:
+    tensor = tensor_class()
+    keys: set[int] = set()
+    if tensor is None:
+        return keys
+    for obj in view.objects:
+        if id(obj) in view.frozen_ids and is_tensor_type(type(obj), tensor):
+            storage = _storage_of(obj)
+            if storage is not None:
+                keys.add(storage._cdata)
+    return keys
+
+
+def _storage_of(tensor: Any) -> Any:
+    """The tensor's untyped storage, or ``None`` for tensors without real memory."""
+    try:
+        if tensor.is_meta or tensor.is_sparse:
+            return None
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() == 0 and storage.nbytes() == 0:
+            return None
+        return storage
+    except Exception:  # noqa: BLE001 - FakeTensor, functional wrappers, odd subclasses
+        return None
+
+
+def _device_name(tensor: Any) -> str:
+    device = tensor.device
+    return f"{device.type}:{device.index}" if device.index is not None else str(device.type)
+
+
+def _summary(tensor: Any, storage: Any) -> TensorSummary:
+    try:
+        shape = tuple(int(d) for d in tensor.shape)
+    except Exception:  # noqa: BLE001
+        shape = ()
+    return TensorSummary(
+        shape=shape,
+        dtype=str(tensor.dtype).removeprefix("torch."),
+        device=_device_name(tensor),
+        type_name=type(tensor).__name__,
+        nbytes=int(storage.nbytes()),
+    )
+
+
+def census_of(
+    view: HeapView, ledger: StorageLedger | None, devices: Iterable[str] | None = None
+) -> Census:
+    """Walk ``view`` once and sort live storages into baseline and new."""
+    tensor = tensor_class()
+    wanted = set(devices) if devices is not None else None
+    baseline: dict[str, int] = {}
+    new_bytes: dict[str, int] = {}
+    frozen_bytes: dict[str, int] = {}
+    seen: dict[int, list[Any]] = {}  # key -> [storage, summary, count, all_frozen]
+    skipped = 0
+    if tensor is not None:
+        for obj in view.objects:
+            if not is_tensor_type(type(obj), tensor):
+                continue
+            storage = _storage_of(obj)
+            if storage is None:
+                skipped += 1
+                continue
+            key = storage._cdata
+            entry = seen.get(key)
+            frozen = id(obj) in view.frozen_ids
+            if entry is None:
+                device = _device_name(obj)
+                if wanted is not None and device not in wanted:
+                    continue
+                seen[key] = [storage, _summary(obj, storage), 1, frozen]
+            else:
+                entry[2] += 1
+                entry[3] = entry[3] and frozen
+    records: list[StorageRecord] = []
+    for key, (storage, summary, count, all_frozen) in seen.items():
+        device = summary.device
+        if ledger is not None and ledger.knows(key, storage):
+            baseline[device] = baseline.get(device, 0) + summary.nbytes
+            continue
+        try:
+            data_ptr = int(storage.data_ptr())
+        except Exception:  # noqa: BLE001
+            data_ptr = 0
+        records.append(
+            StorageRecord(key, summary.nbytes, device, data_ptr, summary, count, all_frozen)
+        )
+        new_bytes[device] = new_bytes.get(device, 0) + summary.nbytes
+        if all_frozen:
+            frozen_bytes[device] = frozen_bytes.get(device, 0) + summary.nbytes
+    seen.clear()
+    records.sort(key=lambda r: r.nbytes, reverse=True)
+    return Census(
+        new=tuple(records),
+        baseline_bytes=baseline,
+        new_bytes=new_bytes,
+        frozen_bytes=frozen_bytes,
+        heap_objects=len(view.objects),
+        skipped=skipped,
+    )
+
+
+def take_census(ledger: StorageLedger | None, devices: Iterable[str] | None = None) -> Census:
+    """Census of the whole heap, frozen objects included (forked walk when needed)."""
+    device_list = list(devices) if devices is not None else None
+    return call_with_full_heap(lambda view: census_of(view, ledger, device_list))
+
+
+def live_cpu_bytes() -> int:
+    """Bytes of distinct live CPU storages visible to ``gc.get_objects()`` (not frozen)."""
+    tensor = tensor_class()
+    if tensor is None:
+        return 0
+    keys: dict[int, int] = {}
+    objects = gc.get_objects()
+    try:
+        for obj in objects:
+            if is_tensor_type(type(obj), tensor):
+                try:
+                    if obj.device.type != "cpu":
+                        continue
+                except Exception:  # noqa: BLE001
+                    continue
+                storage = _storage_of(obj)
+                if storage is not None:
+                    keys[storage._cdata] = storage.nbytes()
+    finally:
+        del objects
+    return sum(keys.values())

@@ -1,0 +1,370 @@
+"""From readings (and, on the failing path, a census) to a verdict and findings.
+
+:func:`assess` is the cheap part, run at every poll: counters against baseline.
+:func:`classify` turns what remains into findings, each with bytes and a class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from memdiag.census import Census, StorageRecord
+from memdiag.findings import Finding, FindingKind, TensorGroup
+from memdiag.readings import DeviceReading, ProcessUsage
+from memdiag.result import PhaseRecord
+from memdiag.units import format_bytes
+
+__all__ = ["Assessment", "DeviceAssessment", "assess", "classify"]
+
+
+@dataclass(frozen=True)
+class DeviceAssessment:
+    device: str
+    baseline: DeviceReading
+    reading: DeviceReading
+    allowance: int
+    driver_allowance: int
+    allocated_growth: int | None
+    cache_growth: int | None
+    outside_growth: int | None
+    context_bytes: int | None
+    """Memory outside PyTorch that appeared because the device context was created
+    during tracking (kept for the process' life; not a leak)."""
+    other_processes: tuple[tuple[ProcessUsage, int], ...]
+    """(process, growth since baseline) for the other processes of the tree."""
+    reasons: tuple[str, ...]
+
+    @property
+    def other_growth(self) -> int:
+        return sum(max(0, growth) for _, growth in self.other_processes)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    devices: dict[str, DeviceAssessment]
+
+    @property
+    def clean(self) -> bool:
+        return not any(d.reasons for d in self.devices.values())
+
+    @property
+    def allowances(self) -> dict[str, int]:
+        return {k: d.allowance for k, d in self.devices.items()}
+
+    @property
+    def driver_allowances(self) -> dict[str, int]:
+        return {k: d.driver_allowance for k, d in self.devices.items()}
+
+
+def _diff(now: int | None, then: int | None) -> int | None:
+    return None if now is None or then is None else now - then
+
+
+def assess(
+    *,
+    baseline: Mapping[str, DeviceReading],
+    readings: Mapping[str, DeviceReading],
+    phases: Sequence[PhaseRecord],
+    allowance: Callable[[str, int | None], int],
+    driver_allowance: Callable[[int | None], int],
+    own_pid: int,
+    tree_pids: frozenset[int],
+) -> Assessment:
+    result: dict[str, DeviceAssessment] = {}
+    for device, reading in readings.items():
+        base = baseline.get(device) or DeviceReading(device=device)
+        total = reading.total or base.total
+        allow = allowance(device, total)
+        driver_allow = driver_allowance(total)
+        growth = _diff(reading.allocated, base.allocated)
+        cache_now = _diff(reading.reserved, reading.allocated)
+        cache_then = _diff(base.reserved, base.allocated)
+        cache_growth = _diff(cache_now, cache_then)
+        outside_growth, context = _outside(device, base, reading, phases)
+        others = _other_processes(base, reading, own_pid, tree_pids)
+        reasons: list[str] = []
+        if growth is not None and growth > allow:
+            reasons.append("allocated")
+        if outside_growth is not None and outside_growth > driver_allow:
+            reasons.append("outside_torch")
+        if sum(max(0, g) for _, g in others) > driver_allow:
+            reasons.append("other_process")
+        if (
+            reading.process_used is None
+            and reading.allocated is None
+            and (_diff(reading.driver_used, base.driver_used) or 0) > driver_allow
+        ):
+            reasons.append("driver_used")
+        result[device] = DeviceAssessment(
+            device=device,
+            baseline=base,
+            reading=reading,
+            allowance=allow,
+            driver_allowance=driver_allow,
+            allocated_growth=growth,
+            cache_growth=cache_growth,
+            outside_growth=outside_growth,
+            context_bytes=context,
+            other_processes=tuple(others),
+            reasons=tuple(reasons),
+        )
+    return Assessment(result)
+
+
+def _outside(
+    device: str, base: DeviceReading, reading: DeviceReading, phases: Sequence[PhaseRecord]
+) -> tuple[int | None, int | None]:
+    now = reading.outside_torch
+    if now is None:
+        return None, None
+    created = base.extra.get("initialized") is False and reading.extra.get("initialized")
+    if not created:
+        then = base.outside_torch
+        return (None if then is None else now - then), None
+    # The context appeared during tracking: its own size is not a leak.  Take the
+    # smallest outside-PyTorch value seen since it exists as the context's floor.
+    floor = now
+    for record in phases:
+        seen = record.reading(device)
+        if seen is not None and seen.extra.get("initialized"):
+            value = seen.outside_torch
+            if value is not None:
+                floor = min(floor, value)
+    return now - floor, floor
+
+
+def _other_processes(
+    base: DeviceReading, reading: DeviceReading, own_pid: int, tree_pids: frozenset[int]
+) -> list[tuple[ProcessUsage, int]]:
+    before = {p.pid: p.used for p in base.processes}
+    out = []
+    for proc in reading.processes:
+        if proc.pid == own_pid or proc.pid not in tree_pids:
+            continue
+        out.append((proc, proc.used - before.get(proc.pid, 0)))
+    return out
+
+
+def _groups(records: Sequence[StorageRecord]) -> tuple[TensorGroup, ...]:
+    grouped: dict[tuple[object, ...], list[StorageRecord]] = {}
+    for record in records:
+        ex = record.example
+        grouped.setdefault((ex.shape, ex.dtype, ex.device, ex.type_name, record.nbytes), []).append(
+            record
+        )
+    groups = [
+        TensorGroup(example=items[0].example, count=len(items), nbytes=sum(r.nbytes for r in items))
+        for items in grouped.values()
+    ]
+    groups.sort(key=lambda g: g.nbytes, reverse=True)
+    return tuple(groups)
+
+
+def classify(
+    *,
+    assessment: Assessment,
+    census: Census | None,
+    workspace: Mapping[str, int],
+    freeze_before: int,
+    freeze_now: int,
+) -> list[Finding]:
+    """Findings for every device, leaks first, biggest first."""
+    findings: list[Finding] = []
+    for device, a in assessment.devices.items():
+        findings.extend(_tensor_findings(a, census, freeze_before, freeze_now))
+        findings.extend(_driver_findings(a))
+        findings.extend(_info_findings(a, workspace.get(device, 0)))
+    findings.sort(key=lambda f: (not f.is_leak, -f.nbytes))
+    return findings
+
+
+def _tensor_findings(
+    a: DeviceAssessment, census: Census | None, freeze_before: int, freeze_now: int
+) -> list[Finding]:
+    out: list[Finding] = []
+    device, allow = a.device, a.allowance
+    base_alloc = a.baseline.allocated
+    now_alloc = a.reading.allocated
+    counters = (
+        f"allocated {format_bytes(base_alloc or 0)} at baseline, "
+        f"{format_bytes(now_alloc or 0)} now, tolerance {format_bytes(allow)}"
+    )
+    if census is None:
+        if "allocated" in a.reasons:
+            out.append(
+                Finding(
+                    kind=FindingKind.NATIVE,
+                    device=device,
+                    nbytes=a.allocated_growth or 0,
+                    is_leak=True,
+                    message=(
+                        f"{format_bytes(a.allocated_growth or 0)} still allocated after the "
+                        f"last phase ({counters}); the heap census could not run"
+                    ),
+                    advice="see the notices for why the census failed",
+                )
+            )
+        return out
+    records = [r for r in census.new if r.device == device]
+    live = [r for r in records if not r.frozen]
+    frozen = [r for r in records if r.frozen]
+    live_bytes = sum(r.nbytes for r in live)
+    frozen_bytes = sum(r.nbytes for r in frozen)
+    if live_bytes:
+        tensors = sum(r.tensor_count for r in live)
+        out.append(
+            Finding(
+                kind=FindingKind.LIVE_TENSORS,
+                device=device,
+                nbytes=live_bytes,
+                is_leak=live_bytes > allow,
+                message=(
+                    f"{format_bytes(live_bytes)} in {len(live)} storages ({tensors} tensors) "
+                    f"created since baseline are still alive ({counters})"
+                ),
+                advice="drop the references that keep them alive (retainers below) in shutdown",
+                tensors=_groups(live),
+                storages=tuple((r.key, r.nbytes) for r in live),
+            )
+        )
+    if frozen_bytes:
+        out.append(
+            Finding(
+                kind=FindingKind.GC_FROZEN,
+                device=device,
+                nbytes=frozen_bytes,
+                is_leak=frozen_bytes > allow,
+                message=(
+                    f"{format_bytes(frozen_bytes)} in {len(frozen)} storages are held only by "
+                    f"objects frozen with gc.freeze() ({freeze_before} objects frozen at "
+                    f"baseline, {freeze_now} now); frozen garbage is never collected"
+                ),
+                advice="call gc.unfreeze() in shutdown, paired with the gc.freeze() at start",
+                tensors=_groups(frozen),
+                storages=tuple((r.key, r.nbytes) for r in frozen),
+            )
+        )
+    if device != "cpu" and a.allocated_growth is not None:
+        native = a.allocated_growth - live_bytes - frozen_bytes
+        if native > allow:
+            out.append(
+                Finding(
+                    kind=FindingKind.NATIVE,
+                    device=device,
+                    nbytes=native,
+                    is_leak=True,
+                    message=(
+                        f"{format_bytes(native)} still allocated is held by no Python tensor "
+                        f"({counters}; live tensors explain {format_bytes(live_bytes)})"
+                    ),
+                    advice=(
+                        "look for autograd graphs kept by a live output (.detach() what you "
+                        "store), CUDA graphs, or C++ extensions that hold tensors"
+                    ),
+                )
+            )
+    return out
+
+
+def _driver_findings(a: DeviceAssessment) -> list[Finding]:
+    out: list[Finding] = []
+    if a.outside_growth is not None and a.outside_growth > a.driver_allowance:
+        out.append(
+            Finding(
+                kind=FindingKind.OUTSIDE_TORCH,
+                device=a.device,
+                nbytes=a.outside_growth,
+                is_leak=True,
+                message=(
+                    f"{format_bytes(a.outside_growth)} more device memory is charged to this "
+                    "process outside PyTorch's allocator than at baseline (tolerance "
+                    f"{format_bytes(a.driver_allowance)})"
+                ),
+                advice=(
+                    "destroy NCCL communicators / process groups and free memory of other "
+                    "libraries (CuPy, TensorRT, custom cudaMalloc) in shutdown"
+                ),
+            )
+        )
+    if a.other_growth > a.driver_allowance:
+        procs = tuple(p for p, growth in a.other_processes if growth > 0)
+        names = ", ".join(f"{p.pid} ({p.name or '?'}) {format_bytes(p.used)}" for p in procs)
+        out.append(
+            Finding(
+                kind=FindingKind.OTHER_PROCESS,
+                device=a.device,
+                nbytes=a.other_growth,
+                is_leak=True,
+                message=(
+                    f"{format_bytes(a.other_growth)} is held by {len(procs)} other process(es) "
+                    f"of this process tree: {names}"
+                ),
+                advice="stop and join worker processes in shutdown",
+                processes=procs,
+            )
+        )
+    if "driver_used" in a.reasons:
+        grown = (a.reading.driver_used or 0) - (a.baseline.driver_used or 0)
+        out.append(
+            Finding(
+                kind=FindingKind.OUTSIDE_TORCH,
+                device=a.device,
+                nbytes=grown,
+                is_leak=True,
+                message=(
+                    f"the driver reports {format_bytes(grown)} more used on {a.device} than "
+                    "at baseline, with no per-process readings to attribute it"
+                ),
+                advice="check other processes on the device (nvidia-smi / amd-smi)",
+            )
+        )
+    return out
+
+
+def _info_findings(a: DeviceAssessment, workspace: int) -> list[Finding]:
+    out: list[Finding] = []
+    if a.cache_growth is not None and a.cache_growth > a.allowance:
+        out.append(
+            Finding(
+                kind=FindingKind.ALLOCATOR_CACHE,
+                device=a.device,
+                nbytes=a.cache_growth,
+                is_leak=False,
+                message=(
+                    f"the caching allocator holds {format_bytes(a.cache_growth)} more cached "
+                    "(reserved, not allocated) than at baseline; not a leak"
+                ),
+                advice=(
+                    f"torch.cuda.empty_cache() would return {format_bytes(a.cache_growth)}; "
+                    "free old buffers before allocating bigger ones to lower the peak"
+                ),
+            )
+        )
+    if workspace > 0:
+        out.append(
+            Finding(
+                kind=FindingKind.WORKSPACE,
+                device=a.device,
+                nbytes=workspace,
+                is_leak=False,
+                message=(
+                    f"{format_bytes(workspace)} of framework workspaces (cuBLAS) were freed "
+                    "while settling; not a leak"
+                ),
+            )
+        )
+    if a.context_bytes:
+        out.append(
+            Finding(
+                kind=FindingKind.CONTEXT,
+                device=a.device,
+                nbytes=a.context_bytes,
+                is_leak=False,
+                message=(
+                    f"the device context was created during tracking and takes "
+                    f"{format_bytes(a.context_bytes)} outside PyTorch for the process' life"
+                ),
+            )
+        )
+    return out

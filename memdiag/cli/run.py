@@ -1,0 +1,89 @@
+"""Run a Python script under a tracker and check that device memory came back."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+
+from rich.console import Console
+
+from memdiag.backends.registry import UsageError
+from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, EXIT_SCRIPT_FAILED, CliError
+from memdiag.cli.options import add_check_options, tolerances_from
+from memdiag.report.json_report import write_json
+from memdiag.report.terminal import render_terminal
+from memdiag.runner import ScriptNotFound, run_script
+from memdiag.tracker import Tracker
+
+__all__ = ["COMMAND"]
+
+
+class RunCommand:
+    """Run SCRIPT as `python SCRIPT ARGS` would, then check device memory came back.
+
+    The baseline is taken before the script starts; the final check runs when the
+    script returns, with its __main__ namespace still alive, after gc.collect().
+    Mark phases in the script with memdiag.phase("create") etc.
+
+    Exit codes: 0 memory came back; 1 leak (also when the script failed);
+    2 usage error; 3 the script failed (exception or non-zero exit) but memory came
+    back; 4 memdiag's own internal error.
+    """
+
+    name = "run"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        add_check_options(parser)
+        parser.add_argument("script", help="the Python script to run")
+        parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+
+    def run(self, args: argparse.Namespace) -> int:
+        if args.settle < 0:
+            raise CliError(f"--settle must be 0 or more seconds, not {args.settle}")
+        tolerance = tolerances_from(args.tolerance)
+        try:
+            tracker = Tracker(
+                device=args.device,
+                tolerance=tolerance,
+                settle=args.settle,
+                analyze=not args.no_analysis,
+                record_alloc_stacks=args.alloc_stacks,
+                name=args.script,
+            )
+            tracker.start()
+        except UsageError as exc:
+            raise CliError(str(exc)) from None
+        console = Console(stderr=True, highlight=False)
+        script_run = None
+        try:
+            try:
+                script_run = run_script(args.script, list(args.args))
+            except ScriptNotFound as exc:
+                raise CliError(str(exc)) from None
+            sys.stdout.flush()
+            gc.collect()
+            result = tracker.check()
+        finally:
+            if script_run is not None:
+                script_run.release()
+            tracker.close()
+        render_terminal(result, console, verbosity=args.verbose)
+        if script_run.failed:
+            console.print(f"script failed: {script_run.failure} (exit code {script_run.exit_code})")
+        if args.json:
+            try:
+                write_json(
+                    result,
+                    args.json,
+                    script=str(args.script),
+                    script_exit_code=script_run.exit_code,
+                )
+            except OSError as exc:
+                raise CliError(f"cannot write --json {args.json}: {exc.strerror}") from None
+        if result.leaked:
+            return EXIT_LEAK
+        return EXIT_SCRIPT_FAILED if script_run.failed else EXIT_OK
+
+
+COMMAND = RunCommand()

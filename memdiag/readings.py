@@ -1,0 +1,86 @@
+"""What a backend reads off one device at one moment: plain, frozen, JSON-safe data."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DeviceReading", "ProcessUsage"]
+
+
+@dataclass(frozen=True)
+class ProcessUsage:
+    """Device memory the driver charges to one process (NVML / amdsmi)."""
+
+    pid: int
+    used: int
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceReading:
+    """Memory of one device, in bytes; ``None`` where the source cannot tell.
+
+    - ``allocated``: bytes of live tensors (torch allocator), or for ``cpu`` the bytes
+      of distinct live CPU tensor storages.
+    - ``reserved``: bytes the caching allocator holds (allocated + cache).
+    - ``active``: allocator blocks in use (may exceed ``allocated`` by rounding).
+    - ``peak_allocated`` / ``peak_reserved``: highest values since the last peak reset.
+    - ``driver_used`` / ``total``: device-wide, as the driver sees it.
+    - ``process_used``: what the driver charges to this process (NVML / amdsmi).
+    - ``processes``: per-process usage of every process on the device the source saw.
+    """
+
+    device: str
+    sources: tuple[str, ...] = ()
+    allocated: int | None = None
+    reserved: int | None = None
+    active: int | None = None
+    peak_allocated: int | None = None
+    peak_reserved: int | None = None
+    driver_used: int | None = None
+    total: int | None = None
+    process_used: int | None = None
+    processes: tuple[ProcessUsage, ...] = ()
+    time: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def merged(self, other: DeviceReading) -> DeviceReading:
+        """Fill this reading's unknown fields from ``other`` (same device, other source)."""
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            mine = getattr(self, f.name)
+            theirs = getattr(other, f.name)
+            if f.name == "sources":
+                changes[f.name] = self.sources + tuple(s for s in other.sources if s not in mine)
+            elif f.name == "processes":
+                changes[f.name] = mine or theirs
+            elif f.name == "extra":
+                changes[f.name] = {**theirs, **mine}
+            elif f.name == "time":
+                changes[f.name] = max(mine, theirs)
+            elif mine is None:
+                changes[f.name] = theirs
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def outside_torch(self) -> int | None:
+        """Driver-charged memory of this process that the torch allocator does not hold."""
+        if self.process_used is None or self.reserved is None:
+            return None
+        return max(0, self.process_used - self.reserved)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["sources"] = list(self.sources)
+        data["processes"] = [dataclasses.asdict(p) for p in self.processes]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeviceReading:
+        values = dict(data)
+        values["sources"] = tuple(values.get("sources", ()))
+        values["processes"] = tuple(ProcessUsage(**p) for p in values.get("processes", ()))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

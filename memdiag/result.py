@@ -1,0 +1,157 @@
+"""The outcome of a check: per-device numbers, phases, findings.  JSON-safe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from memdiag.findings import Finding
+from memdiag.readings import DeviceReading
+from memdiag.units import format_bytes
+
+__all__ = ["SCHEMA_VERSION", "CheckResult", "DeviceCheck", "PhaseRecord"]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PhaseRecord:
+    """One phase: the readings at its end; their ``peak_*`` fields are the phase's peaks."""
+
+    name: str
+    started: float
+    ended: float
+    readings: tuple[DeviceReading, ...]
+
+    def reading(self, device: str) -> DeviceReading | None:
+        return next((r for r in self.readings if r.device == device), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "started": self.started,
+            "ended": self.ended,
+            "readings": [r.to_json() for r in self.readings],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PhaseRecord:
+        return cls(
+            name=data["name"],
+            started=float(data["started"]),
+            ended=float(data["ended"]),
+            readings=tuple(DeviceReading.from_json(r) for r in data["readings"]),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceCheck:
+    """Baseline and final reading of one device, and the tolerance it was held to."""
+
+    device: str
+    baseline: DeviceReading
+    final: DeviceReading
+    allowance: int
+    driver_allowance: int
+
+    @property
+    def growth(self) -> int | None:
+        if self.final.allocated is None or self.baseline.allocated is None:
+            return None
+        return self.final.allocated - self.baseline.allocated
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "baseline": self.baseline.to_json(),
+            "final": self.final.to_json(),
+            "allowance": self.allowance,
+            "driver_allowance": self.driver_allowance,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeviceCheck:
+        return cls(
+            device=data["device"],
+            baseline=DeviceReading.from_json(data["baseline"]),
+            final=DeviceReading.from_json(data["final"]),
+            allowance=int(data["allowance"]),
+            driver_allowance=int(data["driver_allowance"]),
+        )
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What the final check saw.  ``leaked`` is the verdict.
+
+    ``cheap`` says the counters were back within tolerance at the first reading (no
+    gc, no settle, no heap walk); ``settle_s`` is how long memory took to come back
+    (``None`` when it did not come back within the settle time).
+    """
+
+    leaked: bool
+    devices: tuple[DeviceCheck, ...]
+    phases: tuple[PhaseRecord, ...]
+    findings: tuple[Finding, ...]
+    cheap: bool
+    settle_s: float | None
+    elapsed_s: float
+    notices: tuple[str, ...] = ()
+    analysis: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def leaks(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.is_leak)
+
+    def summary(self) -> str:
+        """One line: the verdict with its numbers, then the top culprit."""
+        if not self.leaked:
+            how = (
+                "at once"
+                if self.cheap
+                else (f"after settling {self.settle_s:.2f} s" if self.settle_s is not None else "")
+            )
+            names = ", ".join(d.device for d in self.devices) or "no device"
+            return f"memory came back {how} on {names}".replace("  ", " ")
+        top = max(self.leaks, key=lambda f: f.nbytes)
+        total = sum(f.nbytes for f in self.leaks)
+        line = f"{format_bytes(total)} leaked; top: {top.headline()}"
+        if top.retainers:
+            chain = top.retainers[0].get("chain_text")
+            if chain:
+                line += f"; held by {chain}"
+        return line
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "leaked": self.leaked,
+            "cheap": self.cheap,
+            "settle_s": self.settle_s,
+            "elapsed_s": self.elapsed_s,
+            "summary": self.summary(),
+            "devices": [d.to_json() for d in self.devices],
+            "phases": [p.to_json() for p in self.phases],
+            "findings": [f.to_json() for f in self.findings],
+            "notices": list(self.notices),
+            "analysis": dict(self.analysis),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CheckResult:
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(
+                f"report schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
+            )
+        return cls(
+            leaked=bool(data["leaked"]),
+            devices=tuple(DeviceCheck.from_json(d) for d in data["devices"]),
+            phases=tuple(PhaseRecord.from_json(p) for p in data["phases"]),
+            findings=tuple(Finding.from_json(f) for f in data["findings"]),
+            cheap=bool(data["cheap"]),
+            settle_s=data.get("settle_s"),
+            elapsed_s=float(data["elapsed_s"]),
+            notices=tuple(data.get("notices", ())),
+            analysis=dict(data.get("analysis", {})),
+        )

@@ -1,0 +1,394 @@
+"""The phase tracker: baseline, phases, and the final check.
+
+The check is built so that its passing path costs almost nothing:
+
+1. read the counters (allocator statistics, driver readings); if every device is back
+   within tolerance and ``gc.freeze()`` froze nothing new, pass at once;
+2. otherwise settle: ``gc.collect()``, synchronise, drop framework workspaces
+   (cuBLAS), and poll with backoff until memory is back or ``settle`` seconds pass
+   (memory released lazily, as ROCm does after shutdown, is waited for, not blamed);
+3. only then walk the heap once (frozen objects included) and classify what remains.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from memdiag.backends.base import Backend, BackendUnavailable
+from memdiag.backends.registry import Selection, select
+from memdiag.census import Census, StorageLedger, take_census
+from memdiag.classify import Assessment, assess, classify
+from memdiag.readings import DeviceReading
+from memdiag.result import CheckResult, DeviceCheck, PhaseRecord
+from memdiag.units import Tolerance
+
+__all__ = ["Tracker", "active_tracker", "phase", "track"]
+
+DEFAULT_TOLERANCE = Tolerance(bytes=1024**2)
+"""Live-tensor growth allowed per device: a leak of a few MiB fails, rounding passes."""
+DEFAULT_DRIVER_TOLERANCE = Tolerance(bytes=64 * 1024**2)
+"""Driver-level growth allowed (outside PyTorch, other processes): CUDA loads kernel
+modules lazily into the context, which grows it by a few MiB on first use."""
+DEFAULT_SETTLE = 1.0
+
+_ACTIVE: list[Tracker] = []
+_ACTIVE_LOCK = threading.Lock()
+
+
+def active_tracker() -> Tracker | None:
+    """The innermost running tracker, or ``None``."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+class _NullPhase:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def phase(name: str) -> Any:
+    """Mark the start of phase ``name`` in the active tracker; a no-op when none runs.
+
+    Works as a plain call (the phase lasts until the next one) or as a context
+    manager (``with memdiag.phase("infer"): ...`` ends it on exit).  Engine code can
+    call it freely: without a tracker it costs one list lookup.
+    """
+    tracker = active_tracker()
+    if tracker is None:
+        return _NullPhase()
+    return tracker.phase(name)
+
+
+@dataclass(frozen=True)
+class _OpenPhase:
+    name: str
+    started: float
+
+
+class _PhaseHandle:
+    def __init__(self, tracker: Tracker, name: str) -> None:
+        self._tracker = tracker
+        self._name = name
+
+    def __enter__(self) -> _PhaseHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tracker.end_phase(self._name)
+
+
+class Tracker:
+    """Watches device memory from a baseline through named phases to a final check.
+
+    ``device``: ``auto`` (every accelerator, else CPU tensors), ``cpu``, ``cuda``,
+    ``cuda:0,cuda:1``, or a ready :class:`Selection` (tests pass fake backends).
+    ``tolerance``: growth allowed per device (a :class:`Tolerance`, or a mapping from
+    device name to tolerance with ``"*"`` as the default).  ``settle``: seconds the
+    failing path may poll for memory to come back.  ``ledger``: storages known to
+    predate the baseline (the pytest plugin shares one); without it the tracker
+    records the live storages at start, so "created since baseline" is exact.
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str | Selection = "auto",
+        tolerance: Tolerance | Mapping[str, Tolerance] | None = None,
+        driver_tolerance: Tolerance | None = None,
+        settle: float = DEFAULT_SETTLE,
+        ledger: StorageLedger | None = None,
+        analyze: bool = True,
+        record_alloc_stacks: bool = False,
+        name: str = "",
+    ) -> None:
+        if settle < 0:
+            raise ValueError(f"settle must be 0 or more seconds, not {settle}")
+        self._device_spec = device
+        self._tolerance = tolerance
+        self._driver_tolerance = driver_tolerance or DEFAULT_DRIVER_TOLERANCE
+        self.settle_s = float(settle)
+        self._own_ledger = ledger is None
+        self._ledger = ledger
+        self.analyze = analyze
+        self.record_alloc_stacks = record_alloc_stacks
+        self.name = name
+        self.selection: Selection | None = None
+        self.baseline: dict[str, DeviceReading] = {}
+        self.phases: list[PhaseRecord] = []
+        self._open: _OpenPhase | None = None
+        self._baseline_freeze = 0
+        self._started = False
+        self._tree_pids: frozenset[int] = frozenset()
+        self.result: CheckResult | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> Tracker:
+        """Take the baseline and become the active tracker."""
+        if self._started:
+            raise RuntimeError("this tracker has already started")
+        spec = self._device_spec
+        self.selection = spec if isinstance(spec, Selection) else select(spec)
+        if self._own_ledger:
+            self._ledger = StorageLedger()
+            self._ledger.refresh()
+        if self.record_alloc_stacks:
+            from memdiag.alloc_stacks import start_recording
+
+            start_recording(self.selection.devices)
+        self._baseline_freeze = gc.get_freeze_count()
+        for device in self.selection.devices:
+            for backend in self.selection.readers(device):
+                _safe(backend.reset_peak, device)
+        self.baseline = self.read()
+        self._tree_pids = _tree_pids()
+        self._started = True
+        with _ACTIVE_LOCK:
+            _ACTIVE.append(self)
+        return self
+
+    def _deactivate(self) -> None:
+        with _ACTIVE_LOCK:
+            if self in _ACTIVE:
+                _ACTIVE.remove(self)
+
+    def close(self) -> None:
+        """Stop being active and drop every reference the tracker holds."""
+        self._deactivate()
+        if self._own_ledger and self._ledger is not None:
+            self._ledger.clear()
+        if self.record_alloc_stacks and self.selection is not None:
+            from memdiag.alloc_stacks import stop_recording
+
+            stop_recording()
+
+    def __enter__(self) -> Tracker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self.result is None:
+                self.check()
+        finally:
+            self.close()
+
+    # -- readings and phases ---------------------------------------------------------
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return self.selection.devices if self.selection else ()
+
+    def read(self) -> dict[str, DeviceReading]:
+        """One cheap reading of every device, merged across backends."""
+        assert self.selection is not None, "start() the tracker first"
+        readings: dict[str, DeviceReading] = {}
+        for device in self.selection.devices:
+            merged: DeviceReading | None = None
+            for backend in self.selection.readers(device):
+                try:
+                    reading = backend.read(device)
+                except BackendUnavailable:
+                    continue
+                merged = reading if merged is None else merged.merged(reading)
+            readings[device] = merged or DeviceReading(device=device, time=time.monotonic())
+        return readings
+
+    def phase(self, name: str) -> _PhaseHandle:
+        """End the open phase (if any) and start ``name``."""
+        if self._open is not None:
+            self.end_phase(self._open.name)
+        self._open = _OpenPhase(name, time.monotonic())
+        return _PhaseHandle(self, name)
+
+    def end_phase(self, name: str | None = None) -> PhaseRecord | None:
+        """Record the open phase's end reading and peaks; reset the peak counters."""
+        if self._open is None or (name is not None and self._open.name != name):
+            return None
+        readings = self.read()
+        record = PhaseRecord(
+            name=self._open.name,
+            started=self._open.started,
+            ended=time.monotonic(),
+            readings=tuple(readings.values()),
+        )
+        self.phases.append(record)
+        self._open = None
+        assert self.selection is not None
+        for device in self.selection.devices:
+            for backend in self.selection.readers(device):
+                _safe(backend.reset_peak, device)
+        return record
+
+    # -- the check -------------------------------------------------------------------
+    def allowance(self, device: str, total: int | None) -> int:
+        tolerance = self._tolerance
+        if isinstance(tolerance, Mapping):
+            chosen = tolerance.get(device) or tolerance.get("*") or DEFAULT_TOLERANCE
+        else:
+            chosen = tolerance or DEFAULT_TOLERANCE
+        return chosen.allowance(total)
+
+    def _assess(self, readings: Mapping[str, DeviceReading]) -> Assessment:
+        return assess(
+            baseline=self.baseline,
+            readings=readings,
+            phases=self.phases,
+            allowance=lambda d, total: self.allowance(d, total),
+            driver_allowance=lambda total: self._driver_tolerance.allowance(total),
+            own_pid=os.getpid(),
+            tree_pids=self._tree_pids | _tree_pids(),
+        )
+
+    def check(self) -> CheckResult:
+        """The final check: cheap path first, then settle, then classify."""
+        assert self.selection is not None, "start() the tracker first"
+        t0 = time.perf_counter()
+        if self._open is not None:
+            self.end_phase()
+        readings = self.read()
+        assessment = self._assess(readings)
+        freeze_grew = gc.get_freeze_count() > self._baseline_freeze
+        if assessment.clean and not freeze_grew:
+            return self._finish(readings, assessment, None, cheap=True, settle_s=0.0, t0=t0)
+        readings, assessment, settle_s, workspace = self._settle(readings, assessment)
+        if assessment.clean and not freeze_grew:
+            return self._finish(
+                readings, assessment, None, cheap=False, settle_s=settle_s, t0=t0,
+                workspace=workspace,
+            )
+        census: Census | None
+        notices: list[str] = []
+        try:
+            census = take_census(self._ledger, self.selection.devices)
+        except Exception as exc:  # noqa: BLE001 - a failed walk still leaves the counters
+            census = None
+            notices.append(f"heap census failed: {exc}")
+        return self._finish(
+            readings, assessment, census, cheap=False,
+            settle_s=settle_s if assessment.clean else None, t0=t0,
+            workspace=workspace, notices=notices,
+        )
+
+    def _settle(
+        self, readings: dict[str, DeviceReading], assessment: Assessment
+    ) -> tuple[dict[str, DeviceReading], Assessment, float, dict[str, int]]:
+        assert self.selection is not None
+        start = time.monotonic()
+        gc.collect()
+        workspace: dict[str, int] = {}
+        for device in self.selection.devices:
+            before = readings[device].allocated
+            for backend in self.selection.readers(device):
+                _safe(backend.settle, device)
+            after_reading = self.read().get(device)
+            if before is not None and after_reading and after_reading.allocated is not None:
+                freed = before - after_reading.allocated
+                if freed > 0 and any(b.name == "torch" for b in self.selection.readers(device)):
+                    workspace[device] = freed
+        delay = 0.01
+        while True:
+            readings = self.read()
+            assessment = self._assess(readings)
+            elapsed = time.monotonic() - start
+            if assessment.clean or elapsed >= self.settle_s:
+                return readings, assessment, elapsed, workspace
+            time.sleep(min(delay, max(0.0, self.settle_s - elapsed)))
+            delay = min(delay * 2, 0.25)
+
+    def _finish(
+        self,
+        readings: dict[str, DeviceReading],
+        assessment: Assessment,
+        census: Census | None,
+        *,
+        cheap: bool,
+        settle_s: float | None,
+        t0: float,
+        workspace: Mapping[str, int] | None = None,
+        notices: list[str] | None = None,
+    ) -> CheckResult:
+        assert self.selection is not None
+        findings = classify(
+            assessment=assessment,
+            census=census,
+            workspace=workspace or {},
+            freeze_before=self._baseline_freeze,
+            freeze_now=gc.get_freeze_count(),
+        )
+        all_notices = list(self.selection.notices) + list(notices or [])
+        analysis: dict[str, Any] = {}
+        if census is not None and self.analyze and any(
+            f.storages and f.is_leak for f in findings
+        ):
+            from memdiag.attach import attach_retainers
+
+            findings, analysis, extra = attach_retainers(
+                findings, record_alloc_stacks=self.record_alloc_stacks
+            )
+            all_notices.extend(extra)
+        devices = tuple(
+            DeviceCheck(
+                device=device,
+                baseline=self.baseline[device],
+                final=readings[device],
+                allowance=assessment.allowances[device],
+                driver_allowance=assessment.driver_allowances[device],
+            )
+            for device in self.selection.devices
+        )
+        result = CheckResult(
+            leaked=any(f.is_leak for f in findings),
+            devices=devices,
+            phases=tuple(self.phases),
+            findings=tuple(findings),
+            cheap=cheap,
+            settle_s=settle_s,
+            elapsed_s=time.perf_counter() - t0,
+            notices=tuple(all_notices),
+            analysis=analysis,
+        )
+        self.result = result
+        return result
+
+
+def _safe(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except BackendUnavailable:
+        pass
+
+
+def _tree_pids() -> frozenset[int]:
+    try:
+        from memdiag.backends.proctree import process_tree
+    except ImportError:  # pragma: no cover - proctree ships with memdiag
+        return frozenset({os.getpid()})
+    return frozenset(process_tree())
+
+
+@contextmanager
+def track(
+    *,
+    device: str | Selection = "auto",
+    tolerance: Tolerance | Mapping[str, Tolerance] | None = None,
+    settle: float = DEFAULT_SETTLE,
+    **options: Any,
+) -> Iterator[Tracker]:
+    """``with memdiag.track() as t: ...``; ``t.result`` holds the check afterwards."""
+    tracker = Tracker(device=device, tolerance=tolerance, settle=settle, **options)
+    with tracker:
+        yield tracker
+

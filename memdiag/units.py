@@ -1,0 +1,87 @@
+"""Byte sizes: one formatter and one parser, binary units (KiB, MiB, GiB) throughout."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Tolerance", "format_bytes", "parse_size", "parse_tolerance"]
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+_FACTORS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def format_bytes(n: int | float, *, signed: bool = False) -> str:
+    """``1536 -> '1.5 KiB'``; ``signed=True`` prefixes ``+`` for growth."""
+    sign = "-" if n < 0 else ("+" if signed and n > 0 else "")
+    value = float(abs(n))
+    for unit in _UNITS:
+        if value < 1024 or unit == _UNITS[-1]:
+            if unit == "B":
+                return f"{sign}{int(value)} B"
+            return f"{sign}{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def parse_size(text: str) -> int:
+    """``'16MiB' -> 16777216``; plain numbers are bytes.  Raises ``ValueError``."""
+    match = _SIZE_RE.match(text)
+    if not match or match.group(2).lower() not in _FACTORS:
+        raise ValueError(
+            f"{text!r} is not a size; use bytes or a number with a unit such as 16MiB, 1.5GiB"
+        )
+    return int(float(match.group(1)) * _FACTORS[match.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How much growth over baseline is noise: ``max(bytes, percent of device total)``."""
+
+    bytes: int = 8 * 1024**2
+    percent: float = 0.0
+
+    def allowance(self, total: int | None) -> int:
+        by_percent = int(total * self.percent / 100) if total and self.percent else 0
+        return max(self.bytes, by_percent)
+
+    def __str__(self) -> str:
+        parts = [format_bytes(self.bytes)]
+        if self.percent:
+            parts.append(f"{self.percent:g}% of device")
+        return " or ".join(parts)
+
+
+def parse_tolerance(text: str) -> Tolerance:
+    """``'16MiB'``, ``'0.5%'`` or ``'16MiB,0.5%'`` (the larger applies)."""
+    size = 0
+    percent = 0.0
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part.endswith("%"):
+            try:
+                percent = float(part[:-1])
+            except ValueError:
+                raise ValueError(f"{part!r} is not a percentage such as 0.5%") from None
+            if not 0 <= percent <= 100:
+                raise ValueError(f"{part!r}: a percentage must lie between 0% and 100%")
+        else:
+            size = parse_size(part)
+    if not text.strip():
+        raise ValueError("the tolerance is empty; use e.g. 16MiB or 0.5%")
+    return Tolerance(bytes=size, percent=percent)

@@ -1,0 +1,1 @@
+"""memdiag's pytest plugin (registered through the ``pytest11`` entry point)."""
