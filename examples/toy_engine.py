@@ -12,10 +12,12 @@ it skip a step. ``--fixed`` keeps the feature a bug is attached to (``gc.freeze(
 but shuts down correctly. Each phase is announced through ``memdiag.phase(name)`` when
 memdiag is importable, and to nobody otherwise.
 
-The engine runs unchanged on CPU and CUDA; everything is float32 and small (10 MiB of
-weights, a 4 MiB KV cache, a 12 MiB workspace that grows to 24 MiB); a CPU run takes
-well under a second. Tests that run ``main()`` in-process call ``reset_module_state()``
-afterwards: the bugs leave state in this module on purpose.
+The engine runs unchanged on CPU and CUDA; everything is float32 and small, each piece
+of a distinct size so that a leak report can be matched to its bug: 10.0 MiB of
+weights, a 4 MiB KV cache, 2 MiB of rotary tables, a 3 MiB detokenizer staging buffer
+and a 12 MiB workspace that grows to 24 MiB. A CPU run takes well under a second.
+Tests that run ``main()`` in-process call ``reset_module_state()`` afterwards: the bugs
+leave state in this module on purpose.
 """
 
 from __future__ import annotations
@@ -114,8 +116,7 @@ BUGS: dict[str, Bug] = {
             "the workspace grows while the old buffer is alive and "
             "torch.cuda.empty_cache() is never called: on CUDA both blocks stay "
             "reserved (allocator cache, no live tensor); no difference on CPU",
-            "free the old buffer, empty_cache(), then allocate; empty_cache() after "
-            "shutdown",
+            "free the old buffer, empty_cache(), then allocate; empty_cache() after shutdown",
         ),
         Bug(
             "kv_cache",
@@ -149,9 +150,7 @@ def supports_kw(fn: Callable[..., object], kw_name: str) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-_ROPE_CACHE: dict[
-    tuple[int, int, torch.device, torch.dtype], tuple[Tensor, Tensor]
-] = {}
+_ROPE_CACHE: dict[tuple[int, int, torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 """Rotary cos/sin tables keyed by (max_positions, head_dim, device, dtype)."""
 
 _LIVE_BLOCK_MANAGERS: list[BlockManager] = []
@@ -168,9 +167,7 @@ def rope_cos_sin(
     key = (max_positions, head_dim, device, dtype)
     cached = _ROPE_CACHE.get(key)
     if cached is None:
-        exponents = (
-            torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
-        )
+        exponents = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
         inv_freq = 1.0 / (10000.0**exponents)
         positions = torch.arange(max_positions, device=device, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
@@ -193,9 +190,7 @@ class Workspace:
         return self.buffer.numel()
 
     @classmethod
-    def get(
-        cls, nbytes: int, device: torch.device, *, free_before_grow: bool = True
-    ) -> Workspace:
+    def get(cls, nbytes: int, device: torch.device, *, free_before_grow: bool = True) -> Workspace:
         """The workspace, created or grown so that it holds at least ``nbytes``."""
         inst = cls._instance
         if inst is None or inst.buffer.device != device:
@@ -245,10 +240,11 @@ class EngineConfig:
     num_heads: int = 4
     intermediate_size: int = 512
     max_seq_len: int = 512
+    max_position_embeddings: int = 4096
     dtype: torch.dtype = torch.float32
     workspace_bytes: int = 12 * MiB
     workspace_bytes_per_token: int = 128 * KiB
-    detok_buffer_shape: tuple[int, int] = (256, 512)
+    detok_buffer_shape: tuple[int, int] = (384, 1024)
     freeze_gc: bool = False
     bugs: frozenset[str] = frozenset()
 
@@ -268,9 +264,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = config.num_heads
         self.head_dim = config.head_dim
-        self.qkv_proj = nn.Linear(
-            config.hidden_size, 3 * config.hidden_size, bias=False
-        )
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
     def forward(
@@ -292,9 +286,7 @@ class Attention(nn.Module):
         values = layer_kv[1, :context_len].transpose(0, 1)
         key_positions = torch.arange(context_len, device=x.device)
         mask = key_positions[None, :] <= positions[:, None]
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), keys, values, attn_mask=mask
-        )
+        out = F.scaled_dot_product_attention(q.transpose(0, 1), keys, values, attn_mask=mask)
         return cast(Tensor, self.o_proj(out.transpose(0, 1).reshape(n, -1)))
 
 
@@ -302,12 +294,8 @@ class MLP(nn.Module):
     def __init__(self, config: EngineConfig) -> None:
         super().__init__()
         self.intermediate_size = config.intermediate_size
-        self.up_proj = nn.Linear(
-            config.hidden_size, config.intermediate_size, bias=False
-        )
-        self.down_proj = nn.Linear(
-            config.intermediate_size, config.hidden_size, bias=False
-        )
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: Tensor, workspace: Workspace | None = None) -> Tensor:
         if workspace is None:
@@ -336,21 +324,17 @@ class DecoderLayer(nn.Module):
         sin: Tensor,
         workspace: Workspace | None,
     ) -> Tensor:
-        x = x + self.attn(
-            self.input_norm(x), positions, layer_kv, context_len, cos, sin
-        )
+        x = x + self.attn(self.input_norm(x), positions, layer_kv, context_len, cos, sin)
         return x + cast(Tensor, self.mlp(self.post_attn_norm(x), workspace))
 
 
 class ToyModel(nn.Module):
     def __init__(self, config: EngineConfig) -> None:
         super().__init__()
-        self.max_positions = config.max_seq_len
+        self.max_positions = config.max_position_embeddings
         self.head_dim = config.head_dim
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            DecoderLayer(config) for _ in range(config.num_layers)
-        )
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.norm = nn.RMSNorm(config.hidden_size)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
@@ -387,18 +371,14 @@ class BlockManager:
             config.num_heads,
             config.head_dim,
         )
-        self.kv_cache: Tensor | None = torch.zeros(
-            shape, dtype=config.dtype, device=config.device
-        )
+        self.kv_cache: Tensor | None = torch.zeros(shape, dtype=config.dtype, device=config.device)
         _LIVE_BLOCK_MANAGERS.append(self)
 
     def allocate(self, num_tokens: int) -> Tensor:
         if self.kv_cache is None:
             raise RuntimeError("the KV cache was freed")
         if num_tokens > self.kv_cache.shape[2]:
-            raise ValueError(
-                f"{num_tokens} tokens exceed max_seq_len {self.kv_cache.shape[2]}"
-            )
+            raise ValueError(f"{num_tokens} tokens exceed max_seq_len {self.kv_cache.shape[2]}")
         return self.kv_cache
 
     def free(self) -> None:
@@ -409,9 +389,7 @@ class BlockManager:
 
 def live_kv_cache_bytes() -> int:
     """KV-cache bytes held by every block manager in the process."""
-    return sum(
-        _nbytes(bm.kv_cache) for bm in _LIVE_BLOCK_MANAGERS if bm.kv_cache is not None
-    )
+    return sum(_nbytes(bm.kv_cache) for bm in _LIVE_BLOCK_MANAGERS if bm.kv_cache is not None)
 
 
 class Sampler:
@@ -425,9 +403,7 @@ class Sampler:
 
 
 class ModelRunner:
-    def __init__(
-        self, config: EngineConfig, model: ToyModel, block_manager: BlockManager
-    ) -> None:
+    def __init__(self, config: EngineConfig, model: ToyModel, block_manager: BlockManager) -> None:
         self.config = config
         self.model = model
         self.block_manager = block_manager
@@ -447,9 +423,7 @@ class ModelRunner:
         if workspace is None:
             logits = self.model(ids, positions, kv_cache, context_len)
         else:
-            logits = self.model(
-                ids, positions, kv_cache, context_len, workspace=workspace
-            )
+            logits = self.model(ids, positions, kv_cache, context_len, workspace=workspace)
         return self.sampler.sample(logits)
 
 
@@ -503,9 +477,7 @@ class Detokenizer(threading.Thread):
 class ToyEngine:
     """create / generate / shutdown; ``config.bugs`` names the steps it gets wrong."""
 
-    def __init__(
-        self, config: EngineConfig, runner: ModelRunner, detokenizer: Detokenizer
-    ) -> None:
+    def __init__(self, config: EngineConfig, runner: ModelRunner, detokenizer: Detokenizer) -> None:
         self.config = config
         self.runner: ModelRunner | None = runner
         self.detokenizer = detokenizer
@@ -669,14 +641,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="keep the features the bugs need, shut down correctly",
     )
-    parser.add_argument(
-        "--list-bugs", action="store_true", help="list the bugs and exit"
-    )
+    parser.add_argument("--list-bugs", action="store_true", help="list the bugs and exit")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(
-            "--device cuda: torch.cuda.is_available() is False; use --device cpu"
-        )
+        parser.error("--device cuda: torch.cuda.is_available() is False; use --device cpu")
     return args
 
 

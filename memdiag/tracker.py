@@ -97,6 +97,9 @@ class Tracker:
     failing path may poll for memory to come back.  ``ledger``: storages known to
     predate the baseline (the pytest plugin shares one); without it the tracker
     records the live storages at start, so "created since baseline" is exact.
+    ``collect_at_start``: run ``gc.collect()`` before the baseline, so garbage alive
+    then (collected later) cannot hide growth; the pytest plugin turns it off to keep
+    per-test baselines cheap.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class Tracker:
         ledger: StorageLedger | None = None,
         analyze: bool = True,
         record_alloc_stacks: bool = False,
+        collect_at_start: bool = True,
         name: str = "",
     ) -> None:
         if settle < 0:
@@ -121,6 +125,7 @@ class Tracker:
         self._ledger = ledger
         self.analyze = analyze
         self.record_alloc_stacks = record_alloc_stacks
+        self.collect_at_start = collect_at_start
         self.name = name
         self.selection: Selection | None = None
         self.baseline: dict[str, DeviceReading] = {}
@@ -138,6 +143,8 @@ class Tracker:
             raise RuntimeError("this tracker has already started")
         spec = self._device_spec
         self.selection = spec if isinstance(spec, Selection) else select(spec)
+        if self.collect_at_start:
+            gc.collect()
         if self._own_ledger:
             self._ledger = StorageLedger()
             self._ledger.refresh()

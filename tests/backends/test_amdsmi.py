@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from memdiag.backends import proctree
 from memdiag.backends.amdsmi_backend import AmdSmiBackend, visible_indexes
 from memdiag.backends.base import Backend, BackendUnavailable
 from memdiag.readings import DeviceReading
@@ -58,6 +60,9 @@ def backend(smi: Any) -> Iterator[AmdSmiBackend]:
 @pytest.fixture
 def child() -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    deadline = time.monotonic() + 10  # /proc/PID/cmdline is empty in the middle of exec
+    while "time.sleep" not in proctree.cmdline(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
     yield proc
     proc.kill()
     proc.wait()
@@ -113,7 +118,7 @@ def test_amdsmi_broken_at_import(
     assert not availability.available
     assert availability.reason == f"amdsmi: import failed with {words} {INSTALL}"
     assert backend.devices() == ()
-    with pytest.raises(BackendUnavailable, match="libamd_smi.so"):
+    with pytest.raises(BackendUnavailable, match=r"libamd_smi\.so"):
         backend.read("cuda:0")
 
 
@@ -193,9 +198,7 @@ def test_visible_devices(smi: Any, environ: dict[str, str], expected: list[int])
     backend.close()
 
 
-def test_visible_devices_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch, smi: Any
-) -> None:
+def test_visible_devices_from_the_environment(monkeypatch: pytest.MonkeyPatch, smi: Any) -> None:
     monkeypatch.delenv("ROCR_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("HIP_VISIBLE_DEVICES", "3,1")

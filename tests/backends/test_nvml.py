@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from memdiag.backends import proctree
 from memdiag.backends.base import Backend, BackendUnavailable
 from memdiag.backends.nvml import NvmlBackend, nvml_device_count
 from memdiag.readings import DeviceReading
@@ -71,6 +73,9 @@ def backend(nvml: Any) -> Iterator[NvmlBackend]:
 @pytest.fixture
 def child() -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    deadline = time.monotonic() + 10  # /proc/PID/cmdline is empty in the middle of exec
+    while "time.sleep" not in proctree.cmdline(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
     yield proc
     proc.kill()
     proc.wait()

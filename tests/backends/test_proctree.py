@@ -39,6 +39,13 @@ def _kill(pid: int) -> None:
         pass
 
 
+def _wait_exec(pid: int) -> None:
+    """Wait until ``pid`` shows its new command line (it is empty in the middle of exec)."""
+    deadline = time.monotonic() + 10
+    while "time.sleep" not in proctree.cmdline(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _wait_gone(pid: int) -> None:
     deadline = time.monotonic() + 10
     while proctree.is_alive(pid) and time.monotonic() < deadline:
@@ -52,6 +59,8 @@ def family() -> Iterator[Family]:
     assert child.stdout is not None
     grandchild = int(child.stdout.readline())
     try:
+        _wait_exec(child.pid)
+        _wait_exec(grandchild)
         yield Family(child, grandchild)
     finally:
         _kill(grandchild)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+from memdiag.units import Tolerance, format_bytes, parse_size, parse_tolerance
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (64 * 1024**2, "64.0 MiB"), (-2048, "-2.0 KiB")],
+)
+def test_format_bytes(n: int, text: str) -> None:
+    assert format_bytes(n) == text
+
+
+def test_format_bytes_signed() -> None:
+    assert format_bytes(1024, signed=True) == "+1.0 KiB"
+
+
+@pytest.mark.parametrize(
+    ("text", "n"),
+    [("16MiB", 16 * 1024**2), ("1.5 GiB", int(1.5 * 1024**3)), ("100", 100), ("2kb", 2000)],
+)
+def test_parse_size(text: str, n: int) -> None:
+    assert parse_size(text) == n
+
+
+@pytest.mark.parametrize("text", ["", "abc", "12 parsecs", "-5MiB"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size(text)
+
+
+def test_tolerance_takes_the_larger_of_bytes_and_percent() -> None:
+    tol = parse_tolerance("16MiB,1%")
+    assert tol == Tolerance(bytes=16 * 1024**2, percent=1.0)
+    assert tol.allowance(80 * 1024**3) == int(80 * 1024**3 / 100)
+    assert tol.allowance(None) == 16 * 1024**2
+    assert tol.allowance(1024**3) == 16 * 1024**2
+
+
+@pytest.mark.parametrize("text", ["150%", "x%", " "])
+def test_tolerance_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_tolerance(text)
