@@ -18,7 +18,7 @@ def attach_retainers(
     targets: dict[int, int] = {}
     for finding in findings:
         if finding.is_leak:
-            targets.update(finding.storages)
+            targets.update((key, nbytes) for key, nbytes, _ in finding.storages)
     if not targets:
         return list(findings), {}, []
     notices: list[str] = []
@@ -38,7 +38,7 @@ def attach_retainers(
         return list(findings), {}, [f"retainer analysis failed: {type(exc).__name__}: {exc}"]
     out: list[Finding] = []
     for finding in findings:
-        keys = {key for key, _ in finding.storages}
+        keys = {key for key, _, _ in finding.storages}
         groups = tuple(
             group.to_json() for group in report.groups if keys.intersection(group.storage_keys)
         )

@@ -225,7 +225,7 @@ def _tensor_findings(
                 ),
                 advice="drop the references that keep them alive (retainers below) in shutdown",
                 tensors=_groups(live),
-                storages=tuple((r.key, r.nbytes) for r in live),
+                storages=tuple((r.key, r.nbytes, r.data_ptr) for r in live),
             )
         )
     if frozen_bytes:
@@ -242,7 +242,7 @@ def _tensor_findings(
                 ),
                 advice="call gc.unfreeze() in shutdown, paired with the gc.freeze() at start",
                 tensors=_groups(frozen),
-                storages=tuple((r.key, r.nbytes) for r in frozen),
+                storages=tuple((r.key, r.nbytes, r.data_ptr) for r in frozen),
             )
         )
     if device != "cpu" and a.allocated_growth is not None:
@@ -338,6 +338,21 @@ def _info_findings(a: DeviceAssessment, workspace: int) -> list[Finding]:
                 advice=(
                     f"torch.cuda.empty_cache() would return {format_bytes(a.cache_growth)}; "
                     "free old buffers before allocating bigger ones to lower the peak"
+                ),
+            )
+        )
+    if a.outside_growth is not None and a.allowance < a.outside_growth <= a.driver_allowance:
+        out.append(
+            Finding(
+                kind=FindingKind.OUTSIDE_TORCH,
+                device=a.device,
+                nbytes=a.outside_growth,
+                is_leak=False,
+                message=(
+                    f"{format_bytes(a.outside_growth)} more is charged to this process outside "
+                    "PyTorch than at baseline, within the driver-level tolerance of "
+                    f"{format_bytes(a.driver_allowance)} (cuBLAS handles and lazily loaded "
+                    "kernels stay for the process' life)"
                 ),
             )
         )

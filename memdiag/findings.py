@@ -87,8 +87,8 @@ class Finding:
     tensors: tuple[TensorGroup, ...] = ()
     processes: tuple[ProcessUsage, ...] = ()
     retainers: tuple[dict[str, Any], ...] = ()
-    storages: tuple[tuple[int, int], ...] = field(default=(), repr=False)
-    """(storage key, bytes) of the leaked storages, for the retainer analysis."""
+    storages: tuple[tuple[int, int, int], ...] = field(default=(), repr=False)
+    """(storage key, bytes, data_ptr) of the leaked storages, for the retainer analysis."""
 
     def headline(self) -> str:
         return f"{self.device}: {self.message}"

@@ -249,13 +249,16 @@ class NvmlBackend:
 def _reading(
     device: str, uuid: str, total: int, used: int, usage: dict[int, int | None]
 ) -> DeviceReading:
-    tree = proctree.process_tree()
     me = os.getpid()
+    # The passing path must stay cheap: scan /proc for the process tree only when the
+    # device lists processes other than this one, and name only the tree's processes.
+    others = [pid for pid in usage if pid != me]
+    tree = proctree.process_tree() if others else frozenset({me})
     unknown = sorted(pid for pid, u in usage.items() if u is None)
     ours = [usage[pid] for pid in usage if pid in tree]
     process_used = None if any(u is None for u in ours) else sum(u or 0 for u in ours)
     processes = tuple(
-        ProcessUsage(pid=pid, used=u, name=proctree.cmdline(pid))
+        ProcessUsage(pid=pid, used=u, name=proctree.cmdline(pid) if pid in tree else "")
         for pid, u in sorted(usage.items(), key=lambda item: (-(item[1] or 0), item[0]))
         if u is not None
     )
@@ -270,7 +273,7 @@ def _reading(
             "NVML reports no per-process memory for some processes "
             "(usedGpuMemory unavailable, as in many containers)"
         )
-    hidden = sorted(pid for pid in usage if not proctree.is_alive(pid))
+    hidden = sorted(pid for pid in others if pid not in tree and not proctree.is_alive(pid))
     if hidden:
         # Exited since NVML listed them, or PIDs of another PID namespace (container).
         extra["pids_not_visible"] = hidden

@@ -1,0 +1,180 @@
+"""Who holds the leaked tensors: the entry points.
+
+:func:`analyze_heap` runs the three stages over one :class:`~memdiag.heap.HeapView`:
+
+1. :mod:`~memdiag.retainers.scan`: one chunked pass over the heap finds the tensors
+   whose storage is a target and, by a reverse search over the referent ids stored
+   in that pass, every object between them and a root;
+2. :mod:`~memdiag.retainers.paths`: one path per tensor from its preferred root,
+   with the suspect reference marked;
+3. :mod:`~memdiag.retainers.grouping`: findings grouped by retainer, sizes counted
+   once per storage, framework retention and ignore rules applied.
+
+:func:`analyze` wraps it in :func:`~memdiag.heap.call_with_full_heap` so objects
+frozen by ``gc.freeze()`` are seen without changing the program's freeze state.
+torch is only looked up in ``sys.modules``, never imported.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from memdiag.heap import HeapView, call_with_full_heap
+from memdiag.retainers.grouping import assemble, signature
+from memdiag.retainers.known import DEFAULT_KNOWN, IgnoreRule, KnownRetention
+from memdiag.retainers.model import RetainerGroup, RetainerReport
+from memdiag.retainers.paths import PathForest
+from memdiag.retainers.roots import RootEnv, ThreadStack, capture_threads, own_frame_ids
+from memdiag.retainers.scan import scan_heap
+from memdiag.units import format_bytes
+
+__all__ = ["analyze", "analyze_heap"]
+
+def _holder_types(torch: Any) -> list[type]:
+    found: list[type] = []
+    stack: list[type] = [torch._C.TensorBase, torch.UntypedStorage]
+    seen: set[int] = set()
+    while stack:
+        cls = stack.pop()
+        if id(cls) in seen:
+            continue
+        seen.add(id(cls))
+        found.append(cls)
+        try:
+            stack.extend(type.__subclasses__(cls))
+        except Exception:  # noqa: BLE001
+            continue
+    return found
+
+
+def _storage_key(torch: Any) -> Callable[[object], int | None]:
+    storage_type = torch.UntypedStorage
+    disable = torch._C.DisableTorchFunctionSubclass
+
+    def key_of(obj: object) -> int | None:
+        try:
+            with disable():
+                if isinstance(obj, storage_type):
+                    return int(obj._cdata)
+                return int(obj.untyped_storage()._cdata)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - meta, fake and wrapper tensors have no storage
+            return None
+
+    return key_of
+
+
+def _no_torch_report(targets: Mapping[int, int], heap: int, start: float) -> RetainerReport:
+    """Without torch there are no tensor objects: every storage is held natively."""
+    total = sum(targets.values())
+    group = RetainerGroup(
+        root_kind="native",
+        root_name="native code (no Python tensor)",
+        chain=(),
+        suspect_index=None,
+        retained_bytes=total,
+        tensor_count=0,
+        storage_count=len(targets),
+        signature=signature(("native", "no-tensor")),
+        example_tensor=f"{len(targets)} storages, {format_bytes(total)}",
+        storage_keys=tuple(sorted(targets)),
+        note="no Python tensor object refers to these storages",
+    )
+    return RetainerReport(
+        groups=(),
+        unrooted=(group,),
+        heap_objects=heap,
+        elapsed_s=time.perf_counter() - start,
+        notes=("torch is not imported in this process; no tensor objects to look for",),
+        target_storages=len(targets),
+        target_bytes=total,
+    )
+
+
+def analyze_heap(
+    view: HeapView,
+    targets: Mapping[int, int],
+    *,
+    max_groups: int = 20,
+    ignore: Sequence[IgnoreRule] = (),
+    known: Sequence[KnownRetention] = DEFAULT_KNOWN,
+    alloc_sites: Mapping[int, str] | None = None,
+    baseline_ids: frozenset[int] | set[int] | None = None,
+    threads: Sequence[ThreadStack] | None = None,
+    exception: BaseException | None = None,
+) -> RetainerReport:
+    """Find who holds the storages in ``targets`` (storage key -> nbytes) on ``view``.
+
+    ``threads`` and ``exception`` are the thread stacks and the exception being
+    handled, captured where the program runs (:func:`analyze` does that before a
+    forked walk, where other threads no longer exist); by default they are read here.
+    """
+    start = time.perf_counter()
+    target_map = {int(k): int(v) for k, v in targets.items()}
+    heap = len(view.objects)
+    if not target_map:
+        return RetainerReport(groups=(), heap_objects=heap, elapsed_s=time.perf_counter() - start)
+    torch: Any = sys.modules.get("torch")
+    if torch is None:
+        return _no_torch_report(target_map, heap, start)
+    stacks = capture_threads() if threads is None else tuple(threads)
+    env = RootEnv(stacks, exception, view.frozen_ids)
+    exclude = own_frame_ids()
+    exclude.update({id(view), id(view.objects), id(targets), id(target_map), id(stacks)})
+    exclude.update(id(s) for s in stacks)
+    exclude.update(id(s.frames) for s in stacks)
+    graph = scan_heap(
+        view.objects,
+        targets=target_map,
+        holder_types=_holder_types(torch),
+        key_of=_storage_key(torch),
+        root_of=env.classify,
+        exclude=exclude,
+        extra=env.extra,
+    )
+    env.bind(graph.children, graph.nodes, graph.roots)
+    nn_module = getattr(sys.modules.get("torch.nn.modules.module"), "Module", None)
+    forest = PathForest(graph, env, target_map, baseline_ids, nn_module)
+    forest.grow(env.all_seeds())
+    native = forest.adopt_unrooted(view.frozen_ids)
+    # Storage objects torch keeps for a storage's Python identity are not holders
+    # when a rooted tensor holds the same storage.
+    rooted_keys = {graph.holders[h] for h in graph.holders if h in forest.claim}
+    storage_type = torch.UntypedStorage
+    native = [
+        h
+        for h in native
+        if not (isinstance(graph.nodes[h], storage_type) and graph.holders[h] in rooted_keys)
+    ]
+    notes = [
+        f"searched {heap} objects and {graph.referents} references in "
+        f"{graph.rounds} rounds; {len(graph.nodes)} objects lie between "
+        f"{len(graph.roots)} roots and {len(graph.holders)} tensors"
+    ]
+    return assemble(
+        forest,
+        native,
+        view=view,
+        max_groups=max_groups,
+        ignore=ignore,
+        known=known,
+        alloc_sites=alloc_sites or {},
+        start=start,
+        notes=notes,
+    )
+
+
+def analyze(targets: Mapping[int, int], **kw: Any) -> RetainerReport:
+    """:func:`analyze_heap` over the whole heap, frozen objects included.
+
+    Captures thread stacks and the exception being handled here first: with frozen
+    objects the walk runs in a forked child, where other threads no longer run.
+    """
+    plain = {int(k): int(v) for k, v in targets.items()}
+    if "threads" not in kw:
+        kw["threads"] = capture_threads()
+    if "exception" not in kw:
+        kw["exception"] = sys.exc_info()[1]
+    return call_with_full_heap(lambda view: analyze_heap(view, plain, **kw))

@@ -1,0 +1,288 @@
+"""One path per tensor: the preferred-root shortest-path forest, suspects and chains.
+
+A breadth-first search from the roots' named references (*seeds*), all seeds of one
+root kind before the next, reaches each object first from the most preferred root
+and, within it, by a shortest path.  Children are visited in the order their parent
+holds them (``gc.get_referents`` order: insertion, index, attribute order), so paths
+and signatures do not depend on addresses.
+
+Walking down a path, modules, classes, functions, code, caches and the builtin
+containers hanging off them are long-lived state; the first object that is none of
+these (an instance, a bound method, a tensor) is the *suspect*: it should have died
+with the engine, and the edge into it is the reference to cut.  Objects whose id is
+in an optional baseline snapshot count as long-lived.
+
+Tensors no root reaches get a pseudo root: the topmost object above them (one with no
+referrer in the region, else the farthest one of the cycle), named after the
+gc-frozen generation when the cycle holds frozen objects, else an unreachable cycle.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import types
+from collections import deque
+from collections.abc import Iterable, Mapping
+from itertools import groupby
+
+from memdiag.retainers.describe import (
+    HopLabeller,
+    TensorInfo,
+    frame_text,
+    node_text,
+    qualname,
+    tensor_info,
+    type_name,
+)
+from memdiag.retainers.model import ROOT_KINDS, Edge
+from memdiag.retainers.roots import RootEnv, Seed
+from memdiag.retainers.scan import Subgraph
+
+__all__ = ["PathForest", "normalise_label"]
+
+_NOTABLE = (
+    types.MethodType,
+    types.FunctionType,
+    types.FrameType,
+    types.GeneratorType,
+    types.CoroutineType,
+    types.AsyncGeneratorType,
+    types.ModuleType,
+    types.BuiltinMethodType,
+    type,
+)
+_PLAIN_AT_ROOT = (types.FunctionType, types.ModuleType, type)
+_FOLDED = (dict, list, tuple, set, frozenset, types.CellType, types.TracebackType)
+_LONG_LIVED = (
+    types.ModuleType,
+    types.FunctionType,
+    types.CodeType,
+    types.BuiltinFunctionType,
+    types.MethodDescriptorType,
+    types.WrapperDescriptorType,
+    property,
+    staticmethod,
+    classmethod,
+)
+_STRUCTURAL = (dict, list, tuple, set, frozenset, types.CellType, types.MappingProxyType)
+_INDEX = re.compile(r"\[[^\]]*\]|\(key [^)]*\)")
+_LINE = re.compile(r":\d+\)")
+PSEUDO_KINDS = ("frozen", "unreachable")
+
+
+def normalise_label(label: str) -> str:
+    """A label's shape: keys and indices abstracted, line numbers dropped."""
+    return _LINE.sub(")", _INDEX.sub("[*]", label))
+
+
+class PathForest:
+    """The search region turned into one path per object, from its preferred root."""
+
+    def __init__(
+        self,
+        graph: Subgraph,
+        env: RootEnv,
+        targets: Mapping[int, int],
+        baseline_ids: Iterable[int] | None,
+        nn_module: type | None,
+    ) -> None:
+        self.graph = graph
+        self.env = env
+        self.targets = targets
+        self.baseline = frozenset(baseline_ids or ())
+        self.labeller = HopLabeller(nn_module)
+        self.seeds: list[Seed] = []
+        self.claim: dict[int, int] = {}  # node -> seed index
+        self.order: dict[int, int] = {}  # node -> visiting order
+        self.tree_parent: dict[int, int | None] = {}
+        self.long_lived: dict[int, bool] = {}
+        self.suspect: dict[int, int | None] = {}
+        self.shape: dict[int, tuple[str, ...]] = {}
+        self.role: dict[int, str] = {}
+        self._parents: dict[int, list[int]] | None = None
+        self._infos: dict[int, TensorInfo] = {}
+
+    # -- building ----------------------------------------------------------------
+    def grow(self, seeds: list[Seed]) -> None:
+        """Claim every object reachable from the seeds, one root kind at a time."""
+        self.seeds = list(seeds)
+        nodes = self.graph.nodes
+        for _, batch in groupby(range(len(self.seeds)), key=lambda i: self.seeds[i].rank):
+            queue: deque[int] = deque()
+            for index in batch:
+                child = self.seeds[index].child_id
+                if child in nodes and child not in self.claim:
+                    self._visit(child, index, None)
+                    queue.append(child)
+            self._expand(queue)
+
+    def _expand(self, queue: deque[int]) -> None:
+        while queue:
+            node = queue.popleft()
+            for child in self.ordered_children(node):
+                if child not in self.claim:
+                    self._visit(child, self.claim[node], node)
+                    queue.append(child)
+
+    def ordered_children(self, node: int) -> list[int]:
+        wanted = self.graph.children.get(node)
+        obj = self.graph.nodes.get(node)
+        if not wanted or obj is None:
+            return []
+        out: list[int] = []
+        for ref in gc.get_referents(obj):
+            rid = id(ref)
+            if rid in wanted and rid in self.graph.nodes and rid not in out:
+                out.append(rid)
+        return out
+
+    def _is_long_lived(self, obj: object, parent_long_lived: bool) -> bool:
+        if id(obj) in self.baseline:
+            return True
+        tp = type(obj)
+        if tp in _LONG_LIVED or issubclass(tp, type) or tp is self.env.lru_type:
+            return True
+        return parent_long_lived and tp in _STRUCTURAL
+
+    def _visit(self, node: int, seed_index: int, parent: int | None) -> None:
+        obj = self.graph.nodes[node]
+        self.claim[node] = seed_index
+        self.order[node] = len(self.order)
+        self.tree_parent[node] = parent
+        pseudo = self.seeds[seed_index].kind in PSEUDO_KINDS
+        parent_ll = (not pseudo) if parent is None else self.long_lived[parent]
+        self.long_lived[node] = long_lived = self._is_long_lived(obj, parent_ll)
+        above = None if parent is None else self.suspect[parent]
+        if above is not None and parent is not None:
+            self.suspect[node] = above
+            self.shape[node] = self.shape[parent]
+            return
+        label, role = self._label(node)
+        self.role[node] = role
+        self.suspect[node] = None if long_lived else node
+        prefix = () if parent is None else self.shape[parent]
+        self.shape[node] = (*prefix, normalise_label(label), type_name(type(obj)))
+
+    def _label(self, node: int) -> tuple[str, str]:
+        parent = self.tree_parent[node]
+        seed = self.seeds[self.claim[node]]
+        if parent is None:
+            return seed.label, seed.role
+        grand = self.tree_parent[parent]
+        owner = seed.owner if grand is None else self.graph.nodes[grand]
+        nodes = self.graph.nodes
+        return self.labeller.hop(nodes[parent], self.role[parent], nodes[node], owner)
+
+    def adopt_unrooted(self, frozen_ids: frozenset[int]) -> list[int]:
+        """Give holders no root reaches a pseudo root; returns those nothing refers to."""
+        native: list[int] = []
+        parents = self.parents()
+        nodes = self.graph.nodes
+        holders = [h for h in self.graph.holders if h not in self.claim]
+        holders.sort(
+            key=lambda h: (-self.targets.get(self.graph.holders[h], 0), qualname(type(nodes[h])))
+        )
+        for holder in holders:
+            if holder in self.claim:
+                continue
+            if not any(p in nodes for p in parents.get(holder, ())):
+                native.append(holder)
+                continue
+            distance = {holder: 0}
+            queue = deque([holder])
+            while queue:
+                node = queue.popleft()
+                for parent in parents.get(node, ()):
+                    if parent in nodes and parent not in distance and parent not in self.claim:
+                        distance[parent] = distance[node] + 1
+                        queue.append(parent)
+            sources = [n for n in distance if not any(p in distance for p in parents.get(n, ()))]
+            top = max(
+                sources or list(distance),
+                key=lambda n: (distance[n], qualname(type(nodes[n]))),
+            )
+            kind = "frozen" if any(n in frozen_ids for n in distance) else "unreachable"
+            name = "gc.freeze()" if kind == "frozen" else "unreachable cycle"
+            signature_name = f"{kind}:{type_name(type(nodes[top]))}"
+            rank = ROOT_KINDS.index(kind)
+            self.seeds.append(Seed(rank, kind, name, signature_name, "", "plain", top, top, None))
+            self._visit(top, len(self.seeds) - 1, None)
+            self._expand(deque([top]))
+        return native
+
+    # -- reading -----------------------------------------------------------------
+    def path(self, node: int) -> list[int]:
+        out = [node]
+        parent = self.tree_parent[node]
+        while parent is not None:
+            out.append(parent)
+            parent = self.tree_parent[parent]
+        out.reverse()
+        return out
+
+    def parents(self) -> dict[int, list[int]]:
+        if self._parents is None:
+            parents: dict[int, list[int]] = {}
+            for parent, kids in self.graph.children.items():
+                for kid in kids:
+                    parents.setdefault(kid, []).append(parent)
+            self._parents = parents
+        return self._parents
+
+    def info(self, holder: int) -> TensorInfo:
+        found = self._infos.get(holder)
+        if found is None:
+            found = self._infos[holder] = tensor_info(self.graph.nodes[holder])
+        return found
+
+    def chain(self, holder: int) -> tuple[tuple[Edge, ...], list[int]]:
+        """The labelled hops from the holder's root down to it, and the node ids."""
+        nodes = self.path(holder)
+        seed = self.seeds[self.claim[holder]]
+        pseudo = seed.kind in PSEUDO_KINDS
+        objects = self.graph.nodes
+        edges: list[Edge] = []
+        role = seed.role
+        for position, node in enumerate(nodes):
+            obj = objects[node]
+            if position == 0:
+                label = seed.label
+            else:
+                owner = seed.owner if position == 1 else objects[nodes[position - 2]]
+                label, role = self.labeller.hop(objects[nodes[position - 1]], role, obj, owner)
+            if position == len(nodes) - 1:
+                storage = self.targets.get(self.graph.holders.get(holder, 0), 0)
+                shown = self.info(holder).short(storage)
+            elif position == 0 and not pseudo and isinstance(obj, _PLAIN_AT_ROOT):
+                shown = ""
+            elif isinstance(obj, _NOTABLE):
+                shown = frame_text(obj) if type(obj) is types.FrameType else node_text(obj)  # type: ignore[arg-type]
+            elif isinstance(obj, _FOLDED):
+                shown = ""
+            elif position == 0:
+                shown = qualname(type(obj)) if pseudo else ""
+            elif label.startswith((".", "[")):
+                shown = ""
+            else:
+                shown = node_text(obj)
+            edges.append(Edge(label, type_name(type(obj)), shown, self.long_lived.get(node, False)))
+        return tuple(edges), nodes
+
+    def other_roots(self, node: int, own: str) -> tuple[str, ...]:
+        """Names of other roots that also reach ``node`` (at most five)."""
+        parents = self.parents()
+        roots = self.graph.roots
+        seen = {node}
+        queue = deque([node])
+        while queue:
+            current = queue.popleft()
+            for parent in parents.get(current, ()):
+                if parent not in seen and parent not in roots:
+                    seen.add(parent)
+                    queue.append(parent)
+        names = {
+            s.name for s in self.seeds if s.child_id in seen and s.kind not in PSEUDO_KINDS
+        }
+        names.discard(own)
+        return tuple(sorted(names)[:5])

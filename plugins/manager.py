@@ -1,0 +1,647 @@
+"""The stateful part of the plugin: adapts pytest's test lifecycle to memdiag's tracker.
+
+Registered only when the check is on (``--gpu-leak-check``, or a test carries the
+``gpu_leak_check`` marker), in every process that runs tests (not in an xdist
+controller).  One :class:`CheckRun` is one tracker's life: a test (``function``
+scope), or a module / the session (``module`` / ``session`` scope).
+
+Baseline.  A run's baseline is taken right before the first fixture of the run's
+scope or narrower is set up (or when the test's call starts, if there is none), so
+fixtures of wider scope are already alive and are not blamed on the run.  A wider
+fixture set up lazily after the baseline (requested by a function fixture, or with
+``request.getfixturevalue``) is measured around its setup, and what it allocated is
+added to the baseline: it belongs to the fixture.  A test opted out inside a module
+or session run is excluded the same way.
+
+The shared :class:`~memdiag.census.StorageLedger` (storages alive before a baseline)
+is refreshed only when needed: at the first baseline, after a fixture of wider
+scope was set up, after a leak, and when memory kept by passing tests drifted by
+more than half the tolerance since the last refresh.  That heap walk is what makes
+per-test baselines expensive; the passing path reads counters only.
+
+Reports.  The check runs when the run's last teardown is done, inside
+``pytest_runtest_makereport`` for the teardown.  The plugin runs the test protocol
+with logging deferred (as pytest-forked does in its child), so a leak can fail the
+test's own call report; a test that already failed on its own keeps that failure,
+and the leak is reported separately on its teardown report (an error), as is the
+leak of a module or session run, which blames that scope's fixtures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from _pytest.runner import runtestprotocol
+
+from memdiag.backends.registry import Selection
+from memdiag.census import StorageLedger
+from memdiag.readings import DeviceReading, ProcessUsage
+from memdiag.result import CheckResult
+from memdiag.tracker import Tracker
+from memdiag.units import Tolerance
+
+from plugins import describe
+from plugins.failure import SECTION, LeakFailure, LeakRepr
+from plugins.marks import MarkOptions, closest, options_from
+from plugins.options import Settings
+from plugins.results import FAILURE, PAYLOAD, ResultsCollector
+
+__all__ = ["LeakCheckManager", "MemdiagWarning"]
+
+_RANK = {"function": 0, "class": 1, "module": 2, "package": 3, "session": 4}
+
+
+class MemdiagWarning(pytest.PytestWarning):
+    """A condition that makes memdiag's checks unreliable."""
+
+
+@dataclass
+class CheckRun:
+    """One tracker's life: a test, a module or the session."""
+
+    scope: str
+    key: str
+    label: str
+    tolerance: dict[str, Tolerance] | None
+    settle: float
+    disabled: bool = False
+    tracker: Tracker | None = None
+    fixtures: list[str] = field(default_factory=list)
+    """Fixtures of wider than function scope set up inside the run (blamed on a leak)."""
+    overhead_s: float = 0.0
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self.scope]
+
+
+@dataclass
+class TestState:
+    """The test being run."""
+
+    item: pytest.Item
+    run: CheckRun | None
+    checked: bool
+    """The test is checked on its own (function scope) or is part of a module/session run."""
+    options: MarkOptions
+    deferred: bool
+    """Reports are logged after teardown, so the call report can still be changed."""
+    reports: dict[str, pytest.TestReport] = field(default_factory=dict)
+    phase_start: int = 0
+    phase_name: str | None = None
+    exclusion: tuple[dict[str, DeviceReading], StorageLedger] | None = None
+    unit_ends: bool = True
+
+
+class LeakCheckManager:
+    """Checks tests for device memory that did not come back."""
+
+    def __init__(
+        self,
+        config: pytest.Config,
+        settings: Settings,
+        selection: Selection,
+        *,
+        only_marked: bool,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.selection = selection
+        self.only_marked = only_marked
+        self.scope = "function" if only_marked else settings.scope
+        self.ledger = StorageLedger()
+        self._ledger_stale = True
+        self._ledger_reading: dict[str, DeviceReading] = {}
+        self._cheap_reads = all(b.name != "cpu" for b in selection.backends)
+        self._pid = os.getpid()
+        self._run: CheckRun | None = None
+        self._test: TestState | None = None
+        self._deferring = False
+        self._excluding = 0
+        self._cuda_warned = False
+
+    # -- which tests -----------------------------------------------------------------------
+    def _mark_of(self, node: pytest.Item | pytest.Collector) -> pytest.Mark | None:
+        return closest(node)
+
+    def _wanted(self, item: pytest.Item) -> bool:
+        mark = self._mark_of(item)
+        if mark is not None and mark.name == "no_gpu_leak_check":
+            return False
+        return not self.only_marked or mark is not None
+
+    def tracker_for(self, item: pytest.Item) -> Tracker | None:
+        test = self._test
+        if test is None or test.item is not item or test.run is None:
+            return None
+        return test.run.tracker
+
+    # -- the protocol: log reports only once the check has run ---------------------------------
+    @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_protocol")
+    def pytest_runtest_protocol_guard(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, object, object]:
+        if _forked(item):
+            self._warn_if_cuda_initialized()
+        return (yield)
+
+    @pytest.hookimpl(specname="pytest_runtest_protocol")
+    def pytest_runtest_protocol_deferred(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+        """pytest's own protocol, with each report logged only after the teardown's check.
+
+        (Under ``--forked`` the forked plugin runs first and does the same in its child.)
+        """
+        if self.scope == "function" and not self._wanted(item):
+            return None
+        ihook = item.ihook
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        self._deferring = True
+        try:
+            reports = runtestprotocol(item, nextitem=nextitem, log=False)
+        finally:
+            self._deferring = False
+        for report in reports:
+            ihook.pytest_runtest_logreport(report=report)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return True
+
+    def _warn_if_cuda_initialized(self) -> None:
+        if self._cuda_warned or os.getpid() != self._pid:
+            return
+        torch = sys.modules.get("torch")  # never import torch just to ask
+        cuda = getattr(torch, "cuda", None)
+        is_initialized = getattr(cuda, "is_initialized", None)
+        if not callable(is_initialized) or not is_initialized():
+            return
+        self._cuda_warned = True
+        message = (
+            "CUDA was initialised in the pytest process before tests were forked (by a "
+            "conftest, plugin or module imported at collection); forked children cannot use "
+            "CUDA, so their tests and checks will fail. Move CUDA work into fixtures or tests."
+        )
+        collector = self.config.pluginmanager.get_plugin("memdiag-results")
+        if isinstance(collector, ResultsCollector):
+            collector.notices.append(message)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"memdiag WARNING: {message}", red=True, bold=True)
+        warnings.warn(MemdiagWarning(message), stacklevel=1)
+
+    # -- setup -----------------------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        self._begin(item)
+        return (yield)
+
+    def _begin(self, item: pytest.Item) -> None:
+        deferred = self._deferring or os.getpid() != self._pid
+        wanted = self._wanted(item)
+        try:
+            options = options_from(
+                m if (m := item.get_closest_marker("gpu_leak_check")) and wanted else None
+            )
+        except ValueError as exc:
+            self._test = None
+            pytest.fail(str(exc), pytrace=False)
+        if self.scope == "function":
+            run = (
+                CheckRun(
+                    scope="function",
+                    key=item.nodeid,
+                    label="the test",
+                    tolerance={"*": options.tolerance} if options.tolerance else self.settings.tolerance,
+                    settle=self.settings.settle if options.settle is None else options.settle,
+                )
+                if wanted
+                else None
+            )
+            self._close_run()
+            self._run = run
+            self._test = TestState(item, run, wanted, options, deferred)
+            return
+        run = self._unit_run(item)
+        test = TestState(item, run, wanted and not run.disabled, options, deferred)
+        self._test = test
+        if run.disabled:
+            return
+        if not wanted:
+            if run.tracker is not None:
+                test.exclusion = self._exclusion_start(run.tracker)
+            return
+        if run.tracker is not None:
+            self._open_test_phase(test)
+
+    def _unit_run(self, item: pytest.Item) -> CheckRun:
+        key, node, label = _unit_of(item, self.scope)
+        run = self._run
+        if run is not None and run.key == key:
+            return run
+        self._close_run()
+        mark = self._mark_of(node) if node is not None else None
+        disabled = mark is not None and mark.name == "no_gpu_leak_check"
+        try:
+            options = options_from(mark if mark is not None and not disabled else None)
+        except ValueError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        run = CheckRun(
+            scope=self.scope,
+            key=key,
+            label=label,
+            tolerance={"*": options.tolerance} if options.tolerance else self.settings.tolerance,
+            settle=self.settings.settle if options.settle is None else options.settle,
+            disabled=disabled,
+        )
+        self._run = run
+        return run
+
+    def _close_run(self) -> None:
+        run, self._run = self._run, None
+        if run is not None and run.tracker is not None:
+            run.tracker.close()
+            run.tracker = None
+
+    def _phases_on(self, test: TestState | None) -> bool:
+        """Stage phases cost one reading each: a heap walk on CPU, so only when asked."""
+        return self._cheap_reads or (test is not None and test.options.max_peak is not None)
+
+    def _start_tracker(self, run: CheckRun, first_phase: str) -> None:
+        t0 = time.perf_counter()
+        refreshed = False
+        if self._ledger_stale:
+            self.ledger.refresh()
+            self._ledger_stale = False
+            refreshed = True
+        tracker = Tracker(
+            device=self.selection,
+            tolerance=run.tolerance,
+            settle=run.settle,
+            ledger=self.ledger,
+            record_alloc_stacks=self.settings.alloc_stacks,
+            name=run.key,
+        )
+        tracker.start()
+        run.tracker = tracker
+        if refreshed:
+            self._ledger_reading = dict(tracker.baseline)
+        test = self._test
+        if run.scope == "function":
+            if self._phases_on(test):
+                tracker.phase(first_phase)
+        elif test is not None and test.checked:
+            self._open_test_phase(test)
+        run.overhead_s += time.perf_counter() - t0
+
+    def _open_test_phase(self, test: TestState) -> None:
+        run = test.run
+        if run is None or run.tracker is None or not self._phases_on(test):
+            return
+        test.phase_start = len(run.tracker.phases)
+        test.phase_name = test.item.name
+        run.tracker.phase(test.item.name)
+
+    # -- fixtures --------------------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Generator[None, object, object]:
+        rank = _RANK.get(fixturedef.scope, 0)
+        run = self._run
+        test = self._test
+        active = (
+            run is not None
+            and not run.disabled
+            and test is not None
+            and test.run is run
+            and test.exclusion is None
+            and self._excluding == 0
+        )
+        if not active:
+            if rank > 0:
+                self._ledger_stale = True
+            return (yield)
+        assert run is not None
+        if rank > run.rank:
+            if run.tracker is None:
+                self._ledger_stale = True
+                return (yield)
+            # A wider fixture set up lazily after the baseline: its memory is its own.
+            with self._excluded(run.tracker):
+                return (yield)
+        if 0 < rank and fixturedef.argname not in run.fixtures:
+            run.fixtures.append(f"{fixturedef.argname}")
+        if run.tracker is None and test is not None and test.checked:
+            self._start_tracker(run, "setup")
+        return (yield)
+
+    @contextmanager
+    def _excluded(self, tracker: Tracker) -> Iterator[None]:
+        self._excluding += 1
+        start = self._exclusion_start(tracker)
+        try:
+            yield
+        finally:
+            self._excluding -= 1
+            self._exclusion_end(tracker, start)
+
+    def _exclusion_start(self, tracker: Tracker) -> tuple[dict[str, DeviceReading], StorageLedger]:
+        t0 = time.perf_counter()
+        before = StorageLedger()
+        before.refresh()
+        readings = tracker.read()
+        if self._run is not None:
+            self._run.overhead_s += time.perf_counter() - t0
+        return readings, before
+
+    def _exclusion_end(
+        self, tracker: Tracker, start: tuple[dict[str, DeviceReading], StorageLedger]
+    ) -> None:
+        """Move what was allocated since ``start`` into the tracker's baseline and ledger."""
+        t0 = time.perf_counter()
+        before, known = start
+        after = tracker.read()
+        for device, base in list(tracker.baseline.items()):
+            if device in before and device in after:
+                tracker.baseline[device] = _shifted(base, before[device], after[device])
+        now = StorageLedger()
+        now.refresh()
+        for key, ref in now.refs.items():
+            storage = ref()
+            if storage is not None and not known.knows(key, storage):
+                self.ledger.refs[key] = ref
+        self.ledger.strong_keys.update(now.strong_keys - known.strong_keys)
+        known.clear()
+        now.clear()
+        if self._run is not None:
+            self._run.overhead_s += time.perf_counter() - t0
+
+    # -- call and teardown -------------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        test = self._test
+        if test is not None and test.item is item and test.checked and test.run is not None:
+            run = test.run
+            if run.tracker is None:
+                self._start_tracker(run, "call")
+            elif run.scope == "function" and self._phases_on(test):
+                t0 = time.perf_counter()
+                run.tracker.phase("call")
+                run.overhead_s += time.perf_counter() - t0
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, None, None]:
+        test = self._test
+        if test is not None and test.item is item:
+            test.unit_ends = (
+                nextitem is None or _unit_of(nextitem, self.scope)[0] != _unit_of(item, self.scope)[0]
+            )
+            run = test.run
+            if (
+                run is not None
+                and run.scope == "function"
+                and run.tracker is not None
+                and self._phases_on(test)
+            ):
+                t0 = time.perf_counter()
+                run.tracker.phase("teardown")
+                run.overhead_s += time.perf_counter() - t0
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        test = self._test
+        if test is None or test.item is not item:
+            return report
+        if call.when != "teardown":
+            test.reports[call.when] = report
+            return report
+        self._test = None
+        try:
+            self._finish(test, report)
+        finally:
+            if test.run is not None and (test.run.scope == "function" or test.unit_ends):
+                self._close_run()
+        return report
+
+    def _finish(self, test: TestState, teardown: pytest.TestReport) -> None:
+        run = test.run
+        if run is None or run.disabled:
+            return
+        _drop_test_references(test.item)
+        if run.scope == "function":
+            if run.tracker is None or not test.checked:
+                return
+            result = self._check(run)
+            peaks = (
+                describe.peak_violations(
+                    result.phases, run.tracker.baseline, test.options.max_peak
+                )
+                if test.options.max_peak is not None
+                else []
+            )
+            self._report(test, teardown, run, result, peaks, blame=run.label, unit=False)
+            return
+        if test.exclusion is not None and run.tracker is not None:
+            self._exclusion_end(run.tracker, test.exclusion)
+        peaks: list[describe.PeakViolation] = []
+        tracker = run.tracker
+        if test.checked and tracker is not None and test.phase_name is not None:
+            tracker.end_phase(test.phase_name)
+            if test.options.max_peak is not None:
+                peaks = describe.peak_violations(
+                    tracker.phases[test.phase_start :], tracker.baseline, test.options.max_peak
+                )
+        if peaks:
+            self._report(test, teardown, run, None, peaks, blame=run.label, unit=False)
+        if test.unit_ends and tracker is not None:
+            result = self._check(run)
+            blame = _blame(run)
+            self._report(test, teardown, run, result, [], blame=blame, unit=True)
+
+    def _check(self, run: CheckRun) -> CheckResult:
+        tracker = run.tracker
+        assert tracker is not None
+        t0 = time.perf_counter()
+        result = tracker.check()
+        if result.leaked:
+            self._ledger_stale = True
+        else:
+            for check in result.devices:
+                then = self._ledger_reading.get(check.device)
+                if then is None or then.allocated is None or check.final.allocated is None:
+                    continue
+                if check.final.allocated - then.allocated > check.allowance // 2:
+                    self._ledger_stale = True
+        run.overhead_s += time.perf_counter() - t0
+        return result
+
+    # -- reporting -----------------------------------------------------------------------------------
+    def _report(
+        self,
+        test: TestState,
+        teardown: pytest.TestReport,
+        run: CheckRun,
+        result: CheckResult | None,
+        peaks: list[describe.PeakViolation],
+        *,
+        blame: str,
+        unit: bool,
+    ) -> None:
+        width = max(60, self.config.get_terminal_writer().fullwidth - 4)
+        verbosity = int(self.config.option.verbose)
+        failure = describe.build_failure(
+            result, peaks, blame=blame, width=width, verbosity=verbosity
+        )
+        leaked = result is not None and result.leaked
+        properties: list[tuple[str, object]] = []
+        if result is not None:
+            top = max(result.leaks, key=lambda f: f.nbytes) if leaked else None
+            payload: dict[str, Any] = {
+                "nodeid": teardown.nodeid,
+                "scope": run.scope,
+                "unit": run.key,
+                "unit_label": "" if run.scope == "function" else f"({blame})",
+                "checked": True,
+                "leaked": leaked,
+                "bytes": sum(f.nbytes for f in result.leaks),
+                "device": top.device if top else "",
+                "held": f"{top.device}: {describe.held_by(top)}" if top else "",
+                "summary": failure.message if failure and leaked else result.summary(),
+                "signature": describe.signature(result),
+                "cheap": result.cheap,
+                "overhead_s": run.overhead_s,
+                "peak_failures": [p.describe() for p in peaks],
+                "result": result.to_json() if (leaked or self.settings.json_path) else None,
+            }
+            # Plain JSON data: it crosses the xdist and --forked process boundaries.
+            setattr(teardown, PAYLOAD, json.loads(json.dumps(payload, default=str)))
+            properties = [
+                ("memdiag_leaked", "true" if leaked else "false"),
+                ("memdiag_bytes", str(payload["bytes"])),
+                ("memdiag_summary", str(payload["summary"])),
+            ]
+            teardown.user_properties.extend(properties)
+        elif peaks:
+            setattr(
+                teardown,
+                PAYLOAD,
+                {
+                    "nodeid": teardown.nodeid,
+                    "scope": run.scope,
+                    "checked": False,
+                    "peak_failures": [p.describe() for p in peaks],
+                    "overhead_s": 0.0,
+                },
+            )
+        if failure is None:
+            return
+        call = test.reports.get("call")
+        own_failure = any(r.failed for r in test.reports.values())
+        if (
+            not unit
+            and test.deferred
+            and call is not None
+            and call.passed
+            and not hasattr(call, "wasxfail")
+            and not own_failure
+        ):
+            target = call
+            call.user_properties.extend(properties)
+        else:
+            target = teardown
+        self._fail(target, failure)
+
+    def _fail(self, report: pytest.TestReport, failure: LeakFailure) -> None:
+        data = failure.to_json()
+        if report.failed:
+            data["combined"] = True
+            report.longrepr = failure.combined_with(str(report.longrepr))
+        else:
+            report.outcome = "failed"
+            path, lineno, _ = report.location
+            report.longrepr = LeakRepr(failure, path, (lineno or 0) + 1)
+        if failure.section:
+            report.sections.append((SECTION, failure.section))
+        setattr(report, FAILURE, data)
+
+    # -- session end ----------------------------------------------------------------------------------
+    def pytest_sessionfinish(self) -> None:
+        self._close_run()
+
+
+def _forked(item: pytest.Item) -> bool:
+    return bool(item.config.getoption("forked", default=False)) or (
+        item.get_closest_marker("forked") is not None
+    )
+
+
+def _unit_of(item: pytest.Item, scope: str) -> tuple[str, pytest.Collector | None, str]:
+    """(key, node whose markers configure the run, label) of the run an item belongs to."""
+    if scope == "session":
+        return "session", None, "the session"
+    if scope == "module":
+        module = item.getparent(pytest.Module)
+        if module is not None:
+            return module.nodeid, module, module.nodeid
+    return item.nodeid, None, item.nodeid
+
+
+def _blame(run: CheckRun) -> str:
+    fixtures = ", ".join(f"'{name}'" for name in run.fixtures)
+    what = f"{run.scope}-scoped" if run.scope == "module" else "wider-scoped"
+    if not fixtures:
+        return f"the tests of {run.label} (no {what} fixtures) finished"
+    plural = "s" if len(run.fixtures) > 1 else ""
+    return f"the teardown of {what} fixture{plural} {fixtures} of {run.label}"
+
+
+def _drop_test_references(item: pytest.Item) -> None:
+    """Drop what pytest itself still holds of the test when the check runs.
+
+    ``item.funcargs`` keeps fixture values until the protocol ends (pytest drops it
+    right after), and a failed test's exception, traceback and frames stay in
+    ``sys.last_*`` until the next test's call (pytest clears them there).  The
+    debugger, if any, has already run.
+    """
+    funcargs = getattr(item, "funcargs", None)
+    if isinstance(funcargs, dict):
+        funcargs.clear()
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            delattr(sys, name)
+
+
+def _shifted(base: DeviceReading, before: DeviceReading, after: DeviceReading) -> DeviceReading:
+    """``base`` plus what changed from ``before`` to ``after`` (memory that is not ours)."""
+    changes: dict[str, Any] = {}
+    for name in ("allocated", "reserved", "active", "process_used", "driver_used"):
+        b, x, y = getattr(base, name), getattr(before, name), getattr(after, name)
+        if b is not None and x is not None and y is not None:
+            changes[name] = b + (y - x)
+    if after.processes:
+        was = {p.pid: p.used for p in before.processes}
+        mine = {p.pid: p for p in base.processes}
+        merged = dict(mine)
+        for proc in after.processes:
+            old = mine.get(proc.pid)
+            delta = proc.used - was.get(proc.pid, 0)
+            merged[proc.pid] = ProcessUsage(
+                pid=proc.pid, used=(old.used if old else 0) + delta, name=proc.name
+            )
+        changes["processes"] = tuple(merged.values())
+    return dataclasses.replace(base, **changes)

@@ -1,0 +1,229 @@
+"""The plugin's command-line options, each mirrored by an ini key and read through one helper.
+
+Only the standard library and pytest at import time: without ``--gpu-leak-check`` this
+module is all of the plugin that a test run loads.  :func:`read_settings` validates
+every value (importing ``memdiag.units`` for the byte sizes) and raises
+:class:`pytest.UsageError` saying what is accepted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from memdiag.units import Tolerance
+
+__all__ = ["SCOPES", "Settings", "add_options", "is_enabled", "read_settings", "value_or_ini"]
+
+SCOPES = ("function", "module", "session")
+"""Check granularity: one tracker per test, per module, or for the whole session."""
+
+
+@dataclass(frozen=True)
+class _Option:
+    name: str
+    """The option's ``dest`` and its ini key."""
+    kind: str
+    """``flag`` (on/off), ``value`` (one string) or ``list`` (repeatable)."""
+    metavar: str
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def ini_type(self) -> str:
+        return {"flag": "bool", "value": "string", "list": "args"}[self.kind]
+
+
+OPTIONS = (
+    _Option(
+        "gpu_leak_check",
+        "flag",
+        "",
+        "fail every test that leaves device memory allocated (memdiag leak check)",
+    ),
+    _Option(
+        "gpu_leak_device",
+        "value",
+        "SPEC",
+        "devices to check: auto (every accelerator, else CPU tensors), cpu, cuda, "
+        "cuda:0,cuda:1, or fake (default: auto)",
+    ),
+    _Option(
+        "gpu_leak_tolerance",
+        "list",
+        "[DEVICE=]SIZE|PCT%",
+        "growth over baseline allowed per device, e.g. 16MiB, 0.5%, cuda:1=64MiB "
+        "(repeatable; default 1 MiB)",
+    ),
+    _Option(
+        "gpu_leak_settle",
+        "value",
+        "SECONDS",
+        "how long a failing check polls for memory to come back before blaming anything "
+        "(default 1.0; ROCm releases VRAM lazily, use ~10)",
+    ),
+    _Option(
+        "gpu_leak_scope",
+        "value",
+        "SCOPE",
+        "check after each test (function, the default), or after a module's or the "
+        "session's fixtures are torn down (module, session), blaming those fixtures",
+    ),
+    _Option(
+        "gpu_leak_alloc_stacks",
+        "flag",
+        "",
+        "record allocation stacks to show where leaked tensors were allocated (slower)",
+    ),
+    _Option(
+        "gpu_leak_json",
+        "value",
+        "PATH",
+        "write every checked test's result to one JSON file for the session",
+    ),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("memdiag", "GPU memory leak check (memdiag)")
+    for option in OPTIONS:
+        if option.kind == "flag":
+            group.addoption(
+                option.flag, action="store_true", default=None, dest=option.name,
+                help=option.help,
+            )
+        else:
+            group.addoption(
+                option.flag,
+                action="append" if option.kind == "list" else "store",
+                default=None,
+                dest=option.name,
+                metavar=option.metavar,
+                help=option.help,
+            )
+        parser.addini(option.name, f"default for {option.flag}: {option.help}", option.ini_type)
+
+
+def value_or_ini(config: pytest.Config, name: str) -> object:
+    """The command-line value if given, else the ini value (``None``/``[]``/``False`` if unset)."""
+    value = config.getoption(name, default=None)
+    if value is not None:
+        return value
+    return config.getini(name)
+
+
+def is_enabled(config: pytest.Config) -> bool:
+    return bool(value_or_ini(config, "gpu_leak_check"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated option values."""
+
+    device: str
+    tolerance: dict[str, Tolerance] | None
+    settle: float
+    scope: str
+    alloc_stacks: bool
+    json_path: Path | None
+
+    def describe(self) -> str:
+        if self.tolerance:
+            tolerance = ", ".join(
+                str(t) if d == "*" else f"{d}={t}" for d, t in self.tolerance.items()
+            )
+        else:
+            tolerance = "1.0 MiB"
+        return f"{self.scope} scope, tolerance {tolerance}, settle {self.settle:g} s"
+
+
+def _text(config: pytest.Config, name: str) -> str | None:
+    value = value_or_ini(config, name)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def parse_tolerances(values: list[str], *, where: str) -> dict[str, Tolerance] | None:
+    """``["16MiB", "cuda:1=64MiB"]`` -> ``{"*": ..., "cuda:1": ...}``."""
+    from memdiag.units import parse_tolerance
+
+    result: dict[str, Tolerance] = {}
+    for value in values:
+        device, sep, amount = str(value).rpartition("=")
+        try:
+            result[device.strip() if sep else "*"] = parse_tolerance(amount)
+        except ValueError as exc:
+            raise pytest.UsageError(
+                f"{where} {value!r}: {exc}; accepted: SIZE, PCT% or DEVICE=SIZE, "
+                "e.g. 16MiB, 0.5%, cuda:1=64MiB"
+            ) from None
+    return result or None
+
+
+def parse_settle(value: object, *, where: str) -> float:
+    try:
+        settle = float(str(value))
+    except ValueError:
+        settle = math.nan
+    if not math.isfinite(settle) or settle < 0:
+        raise pytest.UsageError(
+            f"{where} {value!r} is not a number of seconds; accepted: 0 or more, "
+            "e.g. 1.0 (ROCm: 10)"
+        )
+    return settle
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    """Every option's value, validated; raises :class:`pytest.UsageError`."""
+    scope = _text(config, "gpu_leak_scope") or "function"
+    if scope not in SCOPES:
+        raise pytest.UsageError(
+            f"--gpu-leak-scope / gpu_leak_scope {scope!r} is not a scope; "
+            f"accepted: {', '.join(SCOPES)}"
+        )
+    raw_tolerance = value_or_ini(config, "gpu_leak_tolerance")
+    tolerance_values = (
+        [str(v) for v in raw_tolerance] if isinstance(raw_tolerance, list) else []
+    )
+    tolerance = parse_tolerances(tolerance_values, where="--gpu-leak-tolerance / gpu_leak_tolerance")
+    settle_text = _text(config, "gpu_leak_settle")
+    settle = (
+        1.0
+        if settle_text is None
+        else parse_settle(settle_text, where="--gpu-leak-settle / gpu_leak_settle")
+    )
+    alloc_stacks = bool(value_or_ini(config, "gpu_leak_alloc_stacks"))
+    if alloc_stacks and importlib.util.find_spec("memdiag.alloc_stacks") is None:
+        raise pytest.UsageError(
+            "--gpu-leak-alloc-stacks / gpu_leak_alloc_stacks needs memdiag.alloc_stacks, "
+            "which this memdiag installation does not have; upgrade memdiag or drop the option"
+        )
+    json_text = _text(config, "gpu_leak_json")
+    json_path = Path(json_text) if json_text else None
+    if json_path is not None:
+        json_path = json_path if json_path.is_absolute() else config.invocation_params.dir / json_path
+        if not json_path.parent.is_dir():
+            raise pytest.UsageError(
+                f"--gpu-leak-json / gpu_leak_json {json_text!r}: directory "
+                f"{str(json_path.parent)!r} does not exist; accepted: a file path in an "
+                "existing directory"
+            )
+    return Settings(
+        device=_text(config, "gpu_leak_device") or "auto",
+        tolerance=tolerance,
+        settle=settle,
+        scope=scope,
+        alloc_stacks=alloc_stacks,
+        json_path=json_path,
+    )
