@@ -23,7 +23,7 @@ _state = {"on": False}
 
 
 def _cuda() -> Any:
-    torch = sys.modules.get("torch")
+    torch: Any = sys.modules.get("torch")
     if torch is None:
         import torch
     return torch.cuda

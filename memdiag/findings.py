@@ -27,7 +27,7 @@ class FindingKind(str, Enum):
     CONTEXT = "device_context"
 
     @property
-    def title(self) -> str:
+    def title(self) -> str:  # type: ignore[override]  # str.title is not used on kinds
         return _TITLES[self]
 
     @property

@@ -30,7 +30,9 @@ class ScriptRun:
     failure: str | None = None
     """One line on how the script failed (exception type and message, or exit code)."""
     module: types.ModuleType | None = None
-    _saved: dict[str, object] = field(default_factory=dict, repr=False)
+    _saved_main: types.ModuleType | None = field(default=None, repr=False)
+    _saved_argv: list[str] | None = field(default=None, repr=False)
+    _saved_path0: str | None = field(default=None, repr=False)
 
     @property
     def failed(self) -> bool:
@@ -38,14 +40,16 @@ class ScriptRun:
 
     def release(self) -> None:
         """Put memdiag's ``__main__``, ``sys.argv`` and ``sys.path`` back; drop the script."""
-        if "main" in self._saved:
-            sys.modules["__main__"] = self._saved.pop("main")  # type: ignore[assignment]
-        if "argv" in self._saved:
-            sys.argv = self._saved.pop("argv")  # type: ignore[assignment]
-        if "path0" in self._saved:
-            path0 = self._saved.pop("path0")
+        if self._saved_main is not None:
+            sys.modules["__main__"] = self._saved_main
+            self._saved_main = None
+        if self._saved_argv is not None:
+            sys.argv = self._saved_argv
+            self._saved_argv = None
+        if self._saved_path0 is not None:
             if sys.path and sys.path[0] == str(self.path.parent):
-                sys.path[0] = path0  # type: ignore[assignment]
+                sys.path[0] = self._saved_path0
+            self._saved_path0 = None
         self.module = None
 
 
@@ -73,9 +77,10 @@ def run_script(path: str | os.PathLike[str], args: list[str]) -> ScriptRun:
     module.__dict__.update(
         {"__file__": str(script), "__builtins__": __builtins__, "__spec__": None}
     )
-    run._saved = {"main": sys.modules["__main__"], "argv": sys.argv}
+    run._saved_main = sys.modules["__main__"]
+    run._saved_argv = sys.argv
     sys.argv = [str(script), *args]
-    run._saved["path0"] = sys.path[0] if sys.path else ""
+    run._saved_path0 = sys.path[0] if sys.path else ""
     if sys.path:
         sys.path[0] = str(run.path.parent)
     else:

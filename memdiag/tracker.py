@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from memdiag.backends.base import Backend, BackendUnavailable
+from memdiag.backends.base import BackendUnavailable
 from memdiag.backends.registry import Selection, select
 from memdiag.census import Census, StorageLedger, take_census
 from memdiag.classify import Assessment, assess, classify
@@ -282,7 +282,12 @@ class Tracker:
         readings, assessment, settle_s, workspace = self._settle(readings, assessment)
         if assessment.clean and not freeze_grew:
             return self._finish(
-                readings, assessment, None, cheap=False, settle_s=settle_s, t0=t0,
+                readings,
+                assessment,
+                None,
+                cheap=False,
+                settle_s=settle_s,
+                t0=t0,
                 workspace=workspace,
             )
         census: Census | None
@@ -293,9 +298,14 @@ class Tracker:
             census = None
             notices.append(f"heap census failed: {exc}")
         return self._finish(
-            readings, assessment, census, cheap=False,
-            settle_s=settle_s if assessment.clean else None, t0=t0,
-            workspace=workspace, notices=notices,
+            readings,
+            assessment,
+            census,
+            cheap=False,
+            settle_s=settle_s if assessment.clean else None,
+            t0=t0,
+            workspace=workspace,
+            notices=notices,
         )
 
     def _settle(
@@ -346,9 +356,7 @@ class Tracker:
         )
         all_notices = list(self.selection.notices) + list(notices or [])
         analysis: dict[str, Any] = {}
-        if census is not None and self.analyze and any(
-            f.storages and f.is_leak for f in findings
-        ):
+        if census is not None and self.analyze and any(f.storages and f.is_leak for f in findings):
             from memdiag.attach import attach_retainers
 
             findings, analysis, extra = attach_retainers(
@@ -407,4 +415,3 @@ def track(
     tracker = Tracker(device=device, tolerance=tolerance, settle=settle, **options)
     with tracker:
         yield tracker
-

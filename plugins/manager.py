@@ -76,6 +76,8 @@ class CheckRun:
     settle: float
     disabled: bool = False
     tracker: Tracker | None = None
+    result: CheckResult | None = None
+    """Set when the check ran before wider fixtures were torn down."""
     fixtures: list[str] = field(default_factory=list)
     """Fixtures of wider than function scope set up inside the run (blamed on a leak)."""
     overhead_s: float = 0.0
@@ -405,19 +407,30 @@ class LeakCheckManager:
         test = self._test
         if test is not None and test.item is item:
             test.unit_ends = (
-                nextitem is None or _unit_of(nextitem, self.scope)[0] != _unit_of(item, self.scope)[0]
+                nextitem is None
+                or _unit_of(nextitem, self.scope)[0] != _unit_of(item, self.scope)[0]
             )
             run = test.run
-            if (
-                run is not None
-                and run.scope == "function"
-                and run.tracker is not None
-                and self._phases_on(test)
-            ):
-                t0 = time.perf_counter()
-                run.tracker.phase("teardown")
-                run.overhead_s += time.perf_counter() - t0
+            if run is not None and run.tracker is not None and not run.disabled:
+                if run.scope == "function" and self._phases_on(test):
+                    t0 = time.perf_counter()
+                    run.tracker.phase("teardown")
+                    run.overhead_s += time.perf_counter() - t0
+                if test.checked and (run.scope == "function" or test.unit_ends):
+                    node = _first_wider_node_torn_down(item, nextitem, run.scope)
+                    if node is not None:
+                        node.addfinalizer(lambda: self._checkpoint(test))
         return (yield)
+
+    def _checkpoint(self, test: TestState) -> None:
+        """Runs as the first finalizer of the first wider node torn down: the run's own
+        teardown is over, and wider fixtures (which free their memory in their own
+        teardown, or are checked in their own scope) have not started theirs."""
+        run = test.run
+        if run is None or run.tracker is None or run.result is not None:
+            return
+        _drop_test_references(test.item)
+        run.result = self._check(run)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -446,7 +459,7 @@ class LeakCheckManager:
         if run.scope == "function":
             if run.tracker is None or not test.checked:
                 return
-            result = self._check(run)
+            result = run.result or self._check(run)
             peaks = (
                 describe.peak_violations(
                     result.phases, run.tracker.baseline, test.options.max_peak
@@ -469,7 +482,7 @@ class LeakCheckManager:
         if peaks:
             self._report(test, teardown, run, None, peaks, blame=run.label, unit=False)
         if test.unit_ends and tracker is not None:
-            result = self._check(run)
+            result = run.result or self._check(run)
             blame = _blame(run)
             self._report(test, teardown, run, result, [], blame=blame, unit=True)
 
@@ -599,6 +612,29 @@ def _unit_of(item: pytest.Item, scope: str) -> tuple[str, pytest.Collector | Non
         if module is not None:
             return module.nodeid, module, module.nodeid
     return item.nodeid, None, item.nodeid
+
+
+def _first_wider_node_torn_down(
+    item: pytest.Item, nextitem: pytest.Item | None, scope: str
+) -> pytest.Node | None:
+    """The innermost node wider than the run's scope that this teardown tears down.
+
+    pytest tears nodes down innermost first; a finalizer added to that node now runs
+    before the node's fixtures are finalized.
+    """
+    chain = item.listchain()
+    if scope == "function":
+        wider = chain[:-1]
+    elif scope == "module":
+        module = item.getparent(pytest.Module)
+        wider = chain[: chain.index(module)] if module in chain else []
+    else:
+        return None
+    needed = nextitem.listchain() if nextitem is not None else []
+    for index, node in enumerate(wider):
+        if index >= len(needed) or needed[index] is not node:
+            return wider[-1]
+    return None
 
 
 def _blame(run: CheckRun) -> str:

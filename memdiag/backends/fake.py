@@ -58,7 +58,7 @@ class FakeBackend:
             raise BackendUnavailable(self._unavailable)
         return tuple(self._devices)
 
-    def set(self, device: str, **values: int | None | tuple[ProcessUsage, ...]) -> None:
+    def set(self, device: str, **values: int | tuple[ProcessUsage, ...] | None) -> None:
         state = self._devices[device]
         for key, value in values.items():
             setattr(state, key, value)

@@ -89,7 +89,7 @@ class TorchBackend:
             )
         try:
             stats = self._module().memory_stats(index)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise BackendUnavailable(f"{device}: torch memory_stats failed: {exc}") from exc
         reserved = int(stats.get("reserved_bytes.all.current", 0))
         driver_used = total = None

@@ -33,9 +33,13 @@ class DevicesCommand:
         backends.add_column("status")
         readings = Table(title="devices", title_justify="left")
         for column in ("device", "backend", "allocated", "reserved", "driver used", "total"):
-            readings.add_column(column, justify="left" if column in ("device", "backend") else "right")
+            readings.add_column(
+                column, justify="left" if column in ("device", "backend") else "right"
+            )
         for backend, name, availability in probe_all():
-            status = "available" if availability.available else f"unavailable: {availability.reason}"
+            status = (
+                "available" if availability.available else f"unavailable: {availability.reason}"
+            )
             backends.add_row(name, status)
             if backend is None or not availability.available or name == "fake":
                 continue
@@ -43,7 +47,12 @@ class DevicesCommand:
                 for device in backend.devices():
                     r = backend.read(device)
                     readings.add_row(
-                        device, name, _b(r.allocated), _b(r.reserved), _b(r.driver_used), _b(r.total)
+                        device,
+                        name,
+                        _b(r.allocated),
+                        _b(r.reserved),
+                        _b(r.driver_used),
+                        _b(r.total),
                     )
             except BackendUnavailable as exc:
                 readings.add_row("?", name, f"error: {exc}", "", "", "")

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from memdiag.heap import HeapView, call_with_full_heap
+from memdiag.retainers.describe import is_a
 from memdiag.retainers.grouping import assemble, signature
 from memdiag.retainers.known import DEFAULT_KNOWN, IgnoreRule, KnownRetention
 from memdiag.retainers.model import RetainerGroup, RetainerReport
@@ -32,6 +33,7 @@ from memdiag.retainers.scan import scan_heap
 from memdiag.units import format_bytes
 
 __all__ = ["analyze", "analyze_heap"]
+
 
 def _holder_types(torch: Any) -> list[type]:
     found: list[type] = []
@@ -54,12 +56,12 @@ def _storage_key(torch: Any) -> Callable[[object], int | None]:
     storage_type = torch.UntypedStorage
     disable = torch._C.DisableTorchFunctionSubclass
 
-    def key_of(obj: object) -> int | None:
+    def key_of(obj: Any) -> int | None:
         try:
             with disable():
-                if isinstance(obj, storage_type):
+                if is_a(obj, storage_type):
                     return int(obj._cdata)
-                return int(obj.untyped_storage()._cdata)  # type: ignore[attr-defined]
+                return int(obj.untyped_storage()._cdata)
         except Exception:  # noqa: BLE001 - meta, fake and wrapper tensors have no storage
             return None
 
@@ -146,7 +148,7 @@ def analyze_heap(
     native = [
         h
         for h in native
-        if not (isinstance(graph.nodes[h], storage_type) and graph.holders[h] in rooted_keys)
+        if not (is_a(graph.nodes[h], storage_type) and graph.holders[h] in rooted_keys)
     ]
     notes = [
         f"searched {heap} objects and {graph.referents} references in "

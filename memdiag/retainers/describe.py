@@ -22,6 +22,7 @@ __all__ = [
     "TensorInfo",
     "hop_label",
     "instance_dict",
+    "is_a",
     "key_text",
     "node_text",
     "qualname",
@@ -34,6 +35,11 @@ _ATOMS = (str, int, float, bool, bytes, type(None))
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 _MODULE_DICTS = frozenset({"_modules", "_parameters", "_buffers"})
 _LABEL_CACHE_MIN = 64
+
+
+def is_a(obj: object, cls: type | tuple[type, ...]) -> bool:
+    """``isinstance`` by the real type: never asks the object for ``__class__``."""
+    return issubclass(type(obj), cls)
 
 
 def safe_repr(obj: object, limit: int = 40) -> str:
@@ -68,10 +74,10 @@ def type_name(tp: type) -> str:
     return f"{module}.{name}"
 
 
-def key_text(key: object) -> str:
+def key_text(key: Any) -> str:
     """A dict key as written in source: ``'kv_cache'``, ``3``, ``('a', 1)``, ``<Foo>``."""
     tp = type(key)
-    if tp is tuple and len(key) <= 4 and all(type(k) in _ATOMS for k in key):  # type: ignore[arg-type]
+    if tp is tuple and len(key) <= 4 and all(type(k) in _ATOMS for k in key):
         return safe_repr(key, 60)
     return safe_repr(key)
 
@@ -93,7 +99,7 @@ def instance_dict(obj: object) -> dict[str, Any] | None:
             value = descriptor.__get__(obj, tp)
         except Exception:  # noqa: BLE001
             return None
-        return value if isinstance(value, dict) else None
+        return value if is_a(value, dict) else None
     return None
 
 
@@ -113,7 +119,7 @@ def _slot_values(obj: object) -> Iterator[tuple[str, object]]:
                     continue
 
 
-def dict_items(d: dict[Any, Any]) -> list[tuple[Any, Any]]:
+def dict_items(d: Any) -> list[tuple[Any, Any]]:
     """A snapshot of a dict's items, retried once if another thread mutates it."""
     for _ in range(3):
         try:
@@ -123,12 +129,12 @@ def dict_items(d: dict[Any, Any]) -> list[tuple[Any, Any]]:
     return []
 
 
-def _sequence_items(seq: object) -> list[object]:
+def _sequence_items(seq: Any) -> list[object]:
     for _ in range(3):
         try:
-            if isinstance(seq, list):
+            if is_a(seq, list):
                 return list(list.__iter__(seq))
-            if isinstance(seq, tuple):
+            if is_a(seq, tuple):
                 return list(tuple.__iter__(seq))
             return []
         except RuntimeError:
@@ -159,26 +165,26 @@ def func_name(fn: object) -> str:
     return f"<{qualname(type(fn))}>"
 
 
-def node_text(obj: object) -> str:
+def node_text(obj: Any) -> str:
     """A short description of an object for a chain, from its type."""
     tp = type(obj)
     if tp is types.MethodType:
-        owner = qualname(type(obj.__self__))  # type: ignore[attr-defined]
-        func = obj.__func__  # type: ignore[attr-defined]
+        owner = qualname(type(obj.__self__))
+        func = obj.__func__
         name = func.__name__ if type(func) is types.FunctionType else qualname(type(func))
         return f"bound method {owner}.{name}"
-    if tp is types.BuiltinMethodType and type(obj.__self__) is not types.ModuleType:  # type: ignore[attr-defined]
-        return f"bound builtin {qualname(type(obj.__self__))}.{obj.__name__}"  # type: ignore[attr-defined]
+    if tp is types.BuiltinMethodType and type(obj.__self__) is not types.ModuleType:
+        return f"bound builtin {qualname(type(obj.__self__))}.{obj.__name__}"
     if tp is types.FunctionType:
-        return "function " + obj.__qualname__  # type: ignore[attr-defined]
+        return f"function {obj.__qualname__}"
     if tp is types.FrameType:
-        return frame_text(obj)  # type: ignore[arg-type]
+        return frame_text(obj)
     if tp in (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType):
-        return f"{qualname(tp)} {obj.__qualname__}"  # type: ignore[attr-defined]
+        return f"{qualname(tp)} {obj.__qualname__}"
     if tp is types.ModuleType:
-        name = instance_dict(obj) or {}
-        return f"module {safe_repr(name.get('__name__'))}"
-    if isinstance(obj, type):
+        namespace = instance_dict(obj) or {}
+        return f"module {safe_repr(namespace.get('__name__'))}"
+    if is_a(obj, type):
         return f"class {type_name(obj)}"
     return qualname(tp)
 
@@ -201,31 +207,33 @@ class HopLabeller:
         self._nn_module = nn_module
         self._index: dict[int, dict[int, str]] = {}
 
-    def _container_index(self, parent: object) -> dict[int, str]:
+    def _container_index(self, parent: Any) -> dict[int, str]:
         cached = self._index.get(id(parent))
         if cached is not None:
             return cached
         index: dict[int, str] = {}
-        if isinstance(parent, dict):
+        if is_a(parent, dict):
             for key, value in dict_items(parent):
                 index.setdefault(id(value), f"[{key_text(key)}]")
                 index.setdefault(id(key), f"(key {key_text(key)})")
-        elif isinstance(parent, (list, tuple)):
+        elif is_a(parent, (list, tuple)):
             for position, value in enumerate(_sequence_items(parent)):
                 index.setdefault(id(value), f"[{position}]")
         self._index[id(parent)] = index
         return index
 
-    def _lookup(self, parent: object, child: object) -> str | None:
-        if isinstance(parent, dict):
+    def _lookup(self, parent: Any, child: object) -> str | None:
+        if is_a(parent, dict):
             size = dict.__len__(parent)
-        elif isinstance(parent, (list, tuple)):
-            size = len(_sequence_items(parent)) if type(parent) not in (list, tuple) else len(parent)
+        elif is_a(parent, (list, tuple)):
+            size = (
+                len(_sequence_items(parent)) if type(parent) not in (list, tuple) else len(parent)
+            )
         else:
             return None
         if size >= _LABEL_CACHE_MIN:
             return self._container_index(parent).get(id(child))
-        if isinstance(parent, dict):
+        if is_a(parent, dict):
             items = dict_items(parent)
             for key, value in items:
                 if value is child:
@@ -239,10 +247,10 @@ class HopLabeller:
                 return f"[{position}]"
         return None
 
-    def hop(self, parent: object, role: str, child: object, owner: object) -> tuple[str, str]:
+    def hop(self, parent: Any, role: str, child: object, owner: Any) -> tuple[str, str]:
         """``(label, role of child)`` for one reference; ``owner`` is the parent's parent."""
         ptype = type(parent)
-        if role in ("attrs", "modules") and isinstance(parent, dict):
+        if role in ("attrs", "modules") and is_a(parent, dict):
             for key, value in dict_items(parent):
                 if value is child and type(key) is str:
                     if role == "modules" and key.isdigit():
@@ -256,11 +264,11 @@ class HopLabeller:
                 if cell is child:
                     names = code.co_freevars if code is not None else ()
                     var = f" '{names[position]}'" if position < len(names) else ""
-                    fn = owner.__qualname__ if code is not None else "function"  # type: ignore[attr-defined]
+                    fn = owner.__qualname__ if code is not None else "function"
                     return f"<cell{var} of {fn}>", "cell"
         if role == "key" and ptype is tuple:
             return "", "plain"
-        if role == "cache" and isinstance(parent, dict):
+        if role == "cache" and is_a(parent, dict):
             for key, value in dict_items(parent):
                 if key is child:
                     return "cache key", "key"
@@ -269,13 +277,13 @@ class HopLabeller:
         if ptype is types.CellType:
             return "", "plain"
         if ptype is types.MethodType:
-            if child is parent.__self__:  # type: ignore[attr-defined]
+            if child is parent.__self__:
                 return "", "plain"
             return ".__func__", "plain"
         if ptype is types.FunctionType:
             return self._function_hop(parent, child)
         if ptype is types.TracebackType:
-            if child is parent.tb_next:  # type: ignore[attr-defined]
+            if child is parent.tb_next:
                 return ".tb_next", "plain"
             return "", "plain"
         if ptype is types.FrameType:
@@ -286,18 +294,18 @@ class HopLabeller:
                 label = self._frame_hop(frame, child)
                 return f"{label} of {node_text(parent)}", "plain"
             return "(suspended locals)", "plain"
-        if isinstance(parent, BaseException):
+        if is_a(parent, BaseException):
             for name in ("__traceback__", "__context__", "__cause__", "args"):
                 try:
                     if BaseException.__dict__[name].__get__(parent) is child:
                         return f".{name}", "plain"
                 except Exception:  # noqa: BLE001
                     continue
-        if isinstance(parent, (dict, list, tuple)):
-            label = self._lookup(parent, child)
-            if label is not None:
-                return label, "plain"
-        if isinstance(parent, (set, frozenset)):
+        if is_a(parent, (dict, list, tuple)):
+            found = self._lookup(parent, child)
+            if found is not None:
+                return found, "plain"
+        if is_a(parent, (set, frozenset)):
             return "(set member)", "plain"
         own = instance_dict(parent)
         if own is not None:
@@ -313,7 +321,7 @@ class HopLabeller:
                 return f".{name}", "plain"
         if ptype is types.ModuleType:
             return "(module state)", "plain"
-        if isinstance(parent, type):
+        if is_a(parent, type):
             try:
                 namespace = gc.get_referents(type.__dict__["__dict__"].__get__(parent))
             except Exception:  # noqa: BLE001
@@ -324,7 +332,7 @@ class HopLabeller:
         return f"(referent of {qualname(ptype)})", "plain"
 
     def _is_nn_module(self, obj: object) -> bool:
-        return self._nn_module is not None and isinstance(obj, self._nn_module)
+        return self._nn_module is not None and is_a(obj, self._nn_module)
 
     def _function_hop(self, fn: object, child: object) -> tuple[str, str]:
         for name, role in (
@@ -347,7 +355,7 @@ class HopLabeller:
             return "(frame ref)"
         if local_vars is child:
             return ".f_locals"
-        if isinstance(local_vars, dict):
+        if is_a(local_vars, dict):
             for key, value in dict_items(local_vars):
                 if value is child:
                     return f"local {key_text(key)}"
@@ -385,7 +393,7 @@ class TensorInfo:
         return f"{self.device}, {format_bytes(storage_bytes)}"
 
 
-def tensor_info(obj: object) -> TensorInfo:
+def tensor_info(obj: Any) -> TensorInfo:
     """Kind, dtype, shape, device and own size of a tensor or storage; never raises."""
     torch: Any = sys.modules.get("torch")
     kind = qualname(type(obj))
@@ -393,11 +401,11 @@ def tensor_info(obj: object) -> TensorInfo:
         return TensorInfo(kind, "?", "?", "", 0)
     try:
         with torch._C.DisableTorchFunctionSubclass():
-            if isinstance(obj, torch.UntypedStorage):
+            if is_a(obj, torch.UntypedStorage):
                 return TensorInfo(kind, str(obj.device), "bytes", "", int(obj.nbytes()))
-            shape = "[" + ", ".join(str(int(s)) for s in obj.shape) + "]"  # type: ignore[attr-defined]
-            dtype = str(obj.dtype).removeprefix("torch.")  # type: ignore[attr-defined]
-            own = int(obj.numel()) * int(obj.element_size())  # type: ignore[attr-defined]
-            return TensorInfo(kind, str(obj.device), dtype, shape, own)  # type: ignore[attr-defined]
+            shape = "[" + ", ".join(str(int(s)) for s in obj.shape) + "]"
+            dtype = str(obj.dtype).removeprefix("torch.")
+            own = int(obj.numel()) * int(obj.element_size())
+            return TensorInfo(kind, str(obj.device), dtype, shape, own)
     except Exception:  # noqa: BLE001 - fake, meta or broken subclasses
         return TensorInfo(kind, "?", "?", "", 0)

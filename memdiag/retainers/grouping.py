@@ -127,14 +127,19 @@ def _rooted_groups(
 
 
 def _native_groups(
-    forest: PathForest, native: list[int], targets: Mapping[int, int], alloc_sites: Mapping[int, str]
+    forest: PathForest,
+    native: list[int],
+    targets: Mapping[int, int],
+    alloc_sites: Mapping[int, str],
 ) -> list[RetainerGroup]:
     graph = forest.graph
     out: list[RetainerGroup] = []
     held = set(graph.holders.values())
     if native:
         keys = {graph.holders[h] for h in native}
-        example = max(native, key=lambda h: (targets.get(graph.holders[h], 0), qualname(type(graph.nodes[h]))))
+        example = max(
+            native, key=lambda h: (targets.get(graph.holders[h], 0), qualname(type(graph.nodes[h])))
+        )
         storage = targets.get(graph.holders[example], 0)
         edge = Edge("", type_name(type(graph.nodes[example])), forest.info(example).short(storage))
         out.append(
@@ -197,7 +202,9 @@ def assemble(
     for group in extra:
         if group.root_name == "native code":
             mine = [k for k in group.storage_keys if k not in credited]
-            group = _replace(group, retained_bytes=sum(targets[k] for k in mine), storage_count=len(mine))
+            group = _replace(
+                group, retained_bytes=sum(targets[k] for k in mine), storage_count=len(mine)
+            )
         fixed.append(group)
     rooted: list[RetainerGroup] = []
     unrooted: list[RetainerGroup] = [g for g in groups if g.root_kind == "unreachable"] + fixed
@@ -220,8 +227,12 @@ def assemble(
     def size_order(g: RetainerGroup) -> tuple[int, int, str]:
         return (-g.retained_bytes, -g.tensor_count, g.root_name)
 
-    rooted_kept = sorted((g for g in kept if g.root_kind not in ("unreachable", "native")), key=size_order)
-    unrooted_kept = sorted((g for g in kept if g.root_kind in ("unreachable", "native")), key=size_order)
+    rooted_kept = sorted(
+        (g for g in kept if g.root_kind not in ("unreachable", "native")), key=size_order
+    )
+    unrooted_kept = sorted(
+        (g for g in kept if g.root_kind in ("unreachable", "native")), key=size_order
+    )
     if len(rooted_kept) > max_groups:
         rest = rooted_kept[max_groups:]
         rooted_kept = rooted_kept[:max_groups]

@@ -108,9 +108,7 @@ def match_known(
     return None
 
 
-def match_ignore(
-    rules: Sequence[IgnoreRule], root_name: str, signature: str
-) -> IgnoreRule | None:
+def match_ignore(rules: Sequence[IgnoreRule], root_name: str, signature: str) -> IgnoreRule | None:
     for rule in rules:
         if rule.matches(root_name, signature):
             return rule

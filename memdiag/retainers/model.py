@@ -14,7 +14,7 @@ from typing import Any
 
 from memdiag.units import format_bytes
 
-__all__ = ["Edge", "RetainerGroup", "RetainerReport", "ROOT_KINDS"]
+__all__ = ["ROOT_KINDS", "Edge", "RetainerGroup", "RetainerReport"]
 
 #: Root kinds in order of preference; ``frozen`` and below hold what no Python root reaches.
 ROOT_KINDS = (

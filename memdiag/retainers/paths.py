@@ -30,6 +30,7 @@ from memdiag.retainers.describe import (
     HopLabeller,
     TensorInfo,
     frame_text,
+    is_a,
     node_text,
     qualname,
     tensor_info,
@@ -254,11 +255,11 @@ class PathForest:
             if position == len(nodes) - 1:
                 storage = self.targets.get(self.graph.holders.get(holder, 0), 0)
                 shown = self.info(holder).short(storage)
-            elif position == 0 and not pseudo and isinstance(obj, _PLAIN_AT_ROOT):
+            elif position == 0 and not pseudo and is_a(obj, _PLAIN_AT_ROOT):
                 shown = ""
-            elif isinstance(obj, _NOTABLE):
-                shown = frame_text(obj) if type(obj) is types.FrameType else node_text(obj)  # type: ignore[arg-type]
-            elif isinstance(obj, _FOLDED):
+            elif is_a(obj, _NOTABLE):
+                shown = frame_text(obj) if type(obj) is types.FrameType else node_text(obj)
+            elif is_a(obj, _FOLDED):
                 shown = ""
             elif position == 0:
                 shown = qualname(type(obj)) if pseudo else ""
@@ -281,8 +282,6 @@ class PathForest:
                 if parent not in seen and parent not in roots:
                     seen.add(parent)
                     queue.append(parent)
-        names = {
-            s.name for s in self.seeds if s.child_id in seen and s.kind not in PSEUDO_KINDS
-        }
+        names = {s.name for s in self.seeds if s.child_id in seen and s.kind not in PSEUDO_KINDS}
         names.discard(own)
         return tuple(sorted(names)[:5])

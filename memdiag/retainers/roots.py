@@ -26,6 +26,7 @@ from memdiag.retainers.describe import (
     frame_text,
     func_name,
     instance_dict,
+    is_a,
     key_text,
     type_name,
 )
@@ -105,7 +106,7 @@ def capture_threads() -> tuple[ThreadStack, ...]:
 def _frame_referents(frame: types.FrameType) -> Callable[[], Iterable[object]]:
     def referents() -> Iterable[object]:
         local_vars = frame.f_locals
-        values = list(dict.values(local_vars)) if isinstance(local_vars, dict) else []
+        values = list(dict.values(local_vars)) if is_a(local_vars, dict) else []
         trace = frame.f_trace
         return values + ([trace] if trace is not None else [])
 
@@ -123,7 +124,7 @@ class RootEnv:
     ) -> None:
         self.module_dicts: dict[int, str] = {}
         for name, module in list(sys.modules.items()):
-            if isinstance(module, types.ModuleType) and type(name) is str:
+            if is_a(module, types.ModuleType) and type(name) is str:
                 namespace = instance_dict(module)
                 if namespace is not None:
                     self.module_dicts.setdefault(id(namespace), name)
@@ -192,19 +193,36 @@ class RootEnv:
                 kind_ = "registry"
                 signature_name = name
             out.append(
-                Seed(ROOT_KINDS.index(kind_), kind_, name, signature_name, label, role, rid, child, owner)
+                Seed(
+                    ROOT_KINDS.index(kind_),
+                    kind_,
+                    name,
+                    signature_name,
+                    label,
+                    role,
+                    rid,
+                    child,
+                    owner,
+                )
             )
 
         if kind == "module":
             module = self.module_dicts[rid]
             for child in children:
                 key = self._key_of(root, child)  # type: ignore[arg-type]
-                add("module", f"{module}.{key}" if key else f"{module} (namespace)", "", "plain", child, root)
+                add(
+                    "module",
+                    f"{module}.{key}" if key else f"{module} (namespace)",
+                    "",
+                    "plain",
+                    child,
+                    root,
+                )
         elif kind == "class":
             cls = root
-            namespace = gc.get_referents(type.__dict__["__dict__"].__get__(cls))
+            proxied = gc.get_referents(type.__dict__["__dict__"].__get__(cls))
             for child in children:
-                if any(n is nodes.get(child) for n in namespace):
+                if any(n is nodes.get(child) for n in proxied):
                     for grandchild in self._children_of(child):
                         key = self._key_of(nodes[child], grandchild)  # type: ignore[arg-type]
                         add("class", f"{type_name(cls)}.{key}", "", "plain", grandchild, cls)  # type: ignore[arg-type]
@@ -233,11 +251,18 @@ class RootEnv:
                 )
         elif kind == "exception":
             for child in children:
-                add("exception", f"current exception {type_name(type(root))}", "", "plain", child, None)
+                add(
+                    "exception",
+                    f"current exception {type_name(type(root))}",
+                    "",
+                    "plain",
+                    child,
+                    None,
+                )
         elif kind == "registry":
             namespace = instance_dict(root)
-            modname = namespace.get("__name__") if namespace else None
-            modname = modname if type(modname) is str else "?"
+            found = namespace.get("__name__") if namespace else None
+            modname = found if type(found) is str else "?"
             for child in children:
                 if nodes.get(child) is namespace and namespace is not None:
                     for grandchild in self._children_of(child):
@@ -290,12 +315,14 @@ class RootEnv:
             local_vars = frame.f_locals
         except Exception:  # noqa: BLE001
             return "(frame)"
-        for key, value in dict_items(local_vars) if isinstance(local_vars, dict) else ():
+        for key, value in dict_items(local_vars) if is_a(local_vars, dict) else ():
             if id(value) == child:
                 return f"local {key_text(key)}"
         return "(frame value stack)"
 
-    def _lru_seeds(self, wrapper: object, children: Iterable[int], nodes: dict[int, object]) -> list[Seed]:
+    def _lru_seeds(
+        self, wrapper: object, children: Iterable[int], nodes: dict[int, object]
+    ) -> list[Seed]:
         attrs = instance_dict(wrapper) or {}
         name = f"lru_cache of {func_name(attrs.get('__wrapped__'))}"
         cache: dict[object, object] | None = None
@@ -307,14 +334,20 @@ class RootEnv:
         out: list[Seed] = []
 
         def add(label: str, role: str, child: int) -> None:
-            out.append(Seed(rank, "lru_cache", name, name, label, role, id(wrapper), child, wrapper))
+            out.append(
+                Seed(rank, "lru_cache", name, name, label, role, id(wrapper), child, wrapper)
+            )
 
         for child in children:
             obj = nodes.get(child)
             if cache is not None and obj is cache:
                 for grandchild in self._children_of(child):
                     is_key = grandchild in keys
-                    add("cache key" if is_key else "cached value", "key" if is_key else "plain", grandchild)
+                    add(
+                        "cache key" if is_key else "cached value",
+                        "key" if is_key else "plain",
+                        grandchild,
+                    )
             elif child in keys:
                 add("cache key", "key", child)
             elif obj is attrs:
@@ -322,4 +355,3 @@ class RootEnv:
             else:
                 add("cached value", "plain", child)
         return out
-

@@ -28,7 +28,7 @@ import tracemalloc
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from memdiag.heap import HeapView
 from memdiag.retainers import RetainerReport, analyze_heap
@@ -65,7 +65,7 @@ def _fill(module: types.ModuleType, objects: int) -> None:
         made += 100 * 5 + 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _supports_kw(fn: Callable[..., Any], kw: str) -> bool:
     return kw in getattr(fn, "__name__", "")
 
@@ -88,7 +88,7 @@ def _leak(module: types.ModuleType) -> dict[int, int]:
             return x
 
     class Holder:
-        pinned = [torch.zeros(8) for _ in range(3)]
+        pinned: ClassVar[list[Any]] = [torch.zeros(8) for _ in range(3)]
 
     model = Model()
     _supports_kw(model.forward, "x")
@@ -171,7 +171,9 @@ def _objgraph_time(sample: int, budget_s: float) -> tuple[float, int]:
     return elapsed / max(done, 1), done
 
 
-def run(objects: int, objgraph_sample: int = 20, objgraph_budget_s: float = 600.0) -> dict[str, Any]:
+def run(
+    objects: int, objgraph_sample: int = 20, objgraph_budget_s: float = 600.0
+) -> dict[str, Any]:
     """Build the heap, measure, and return the figures (also used by a smoke test)."""
     with _heap(objects) as targets:
         heap = len(gc.get_objects())
@@ -208,13 +210,19 @@ def main(argv: list[str] | None = None) -> int:
         "--objgraph-sample", type=int, default=20, help="tensors to time objgraph on (0: skip)"
     )
     parser.add_argument(
-        "--objgraph-budget", type=float, default=600.0, help="stop sampling objgraph after this many s"
+        "--objgraph-budget",
+        type=float,
+        default=600.0,
+        help="stop sampling objgraph after this many s",
     )
     args = parser.parse_args(argv)
     figures = run(args.objects, args.objgraph_sample, args.objgraph_budget)
     print(f"heap: {figures['heap_objects']:,} gc objects, {figures['targets']} leaked storages")
     print(f"bare referents pass: {figures['bare_s']:.3f} s")
-    print(f"analysis:            {figures['analysis_s']:.3f} s  ({figures['ratio']:.2f}x bare; target <= 6x)")
+    print(
+        f"analysis:            {figures['analysis_s']:.3f} s  "
+        f"({figures['ratio']:.2f}x bare; target <= 6x)"
+    )
     if figures["objgraph_sampled"]:
         print(
             f"objgraph:            {figures['objgraph_per_tensor_s']:.3f} s per tensor over "

@@ -37,7 +37,9 @@ def test_clean_script_exits_0_with_argv_passed(tmp_path: Path) -> None:
     assert main(["run", "--device", "cpu", _script(tmp_path, CLEAN), "--flag", "x"]) == 0
 
 
-def test_leaky_script_exits_1_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_leaky_script_exits_1_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "r.json"
     code = main(["run", "--device", "cpu", "--json", str(out), _script(tmp_path, LEAKY)])
     assert code == 1
@@ -53,7 +55,9 @@ def test_globals_of_main_are_alive_at_the_check_but_released_after(tmp_path: Pat
     assert sys.modules["__main__"].__dict__.get("KEEP") is None
 
 
-def test_missing_script_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_script_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["run", str(tmp_path / "nope.py")]) == 2
     assert "script not found" in capsys.readouterr().err
 
@@ -82,7 +86,9 @@ def test_exception_and_leak_exits_1(tmp_path: Path) -> None:
     assert main(["run", "--device", "cpu", _script(tmp_path, body)]) == 1
 
 
-def test_syntax_error_is_a_script_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_syntax_error_is_a_script_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["run", "--device", "cpu", _script(tmp_path, "def f(:\n")]) == 3
     assert "SyntaxError" in capsys.readouterr().err
 

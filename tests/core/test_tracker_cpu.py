@@ -24,7 +24,7 @@ class Model(torch.nn.Module):
         return x
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def supports_kw(fn: object, kw: str) -> bool:
     return kw == "x"
 

@@ -7,7 +7,13 @@ from memdiag.units import Tolerance, format_bytes, parse_size, parse_tolerance
 
 @pytest.mark.parametrize(
     ("n", "text"),
-    [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (64 * 1024**2, "64.0 MiB"), (-2048, "-2.0 KiB")],
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (64 * 1024**2, "64.0 MiB"),
+        (-2048, "-2.0 KiB"),
+    ],
 )
 def test_format_bytes(n: int, text: str) -> None:
     assert format_bytes(n) == text

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import textwrap
@@ -26,7 +25,11 @@ def py(code: str, timeout: int = 300) -> dict[str, object]:
     """Run code in a fresh interpreter; it prints one JSON object last."""
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, env=ENV, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+        cwd=ROOT,
     )
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:])
@@ -59,10 +62,25 @@ def context_and_counters() -> None:
     if "error" in r:
         ROWS.append(("counters", str(r["error"])))
         return
-    ROWS.append(("CUDA context (NVML, this pid, before->after init)", f"{r['before']} -> {int(r['ctx'])/MiB:.0f} MiB"))
-    ROWS.append(("1 GiB live: allocated / reserved / NVML pid", f"{r['a1']/MiB:.0f} / {r['r1']/MiB:.0f} / {int(r['live'])/MiB:.0f} MiB"))
-    ROWS.append(("freed, cached: allocated / reserved / NVML pid", f"{r['a2']/MiB:.0f} / {r['r2']/MiB:.0f} / {int(r['cached'])/MiB:.0f} MiB"))
-    ROWS.append(("after empty_cache: NVML pid", f"{int(r['emptied'])/MiB:.0f} MiB"))
+    ROWS.append(
+        (
+            "CUDA context (NVML, this pid, before->after init)",
+            f"{r['before']} -> {int(r['ctx']) / MiB:.0f} MiB",
+        )
+    )
+    ROWS.append(
+        (
+            "1 GiB live: allocated / reserved / NVML pid",
+            f"{r['a1'] / MiB:.0f} / {r['r1'] / MiB:.0f} / {int(r['live']) / MiB:.0f} MiB",
+        )
+    )
+    ROWS.append(
+        (
+            "freed, cached: allocated / reserved / NVML pid",
+            f"{r['a2'] / MiB:.0f} / {r['r2'] / MiB:.0f} / {int(r['cached']) / MiB:.0f} MiB",
+        )
+    )
+    ROWS.append(("after empty_cache: NVML pid", f"{int(r['emptied']) / MiB:.0f} MiB"))
 
 
 def cublas_and_lazy_modules() -> None:
@@ -87,8 +105,18 @@ def cublas_and_lazy_modules() -> None:
     if "error" in r:
         ROWS.append(("cublas", str(r["error"])))
         return
-    ROWS.append(("cuBLAS workspace after first matmul (allocated)", f"{(r['a1']-r['a0'])/MiB:.1f} MiB; after clear {(r['a2']-r['a0'])/MiB:.1f} MiB"))
-    ROWS.append(("outside PyTorch: ctx / +cuBLAS / +conv,softmax,topk", f"{r['out0']/MiB:.0f} / {r['out1']/MiB:.0f} / {r['out2']/MiB:.0f} MiB"))
+    ROWS.append(
+        (
+            "cuBLAS workspace after first matmul (allocated)",
+            f"{(r['a1'] - r['a0']) / MiB:.1f} MiB; after clear {(r['a2'] - r['a0']) / MiB:.1f} MiB",
+        )
+    )
+    ROWS.append(
+        (
+            "outside PyTorch: ctx / +cuBLAS / +conv,softmax,topk",
+            f"{r['out0'] / MiB:.0f} / {r['out1'] / MiB:.0f} / {r['out2'] / MiB:.0f} MiB",
+        )
+    )
 
 
 def fork_safety() -> None:
@@ -110,20 +138,47 @@ def fork_safety() -> None:
     """)
     print("fork:", r)
     ROWS.append(("select('auto') devices / backends", f"{r.get('devices')} / {r.get('backends')}"))
-    ROWS.append(("CUDA initialised by select(); forked child can use CUDA", f"{r.get('initialized')}; {r.get('child_ok')}"))
+    ROWS.append(
+        (
+            "CUDA initialised by select(); forked child can use CUDA",
+            f"{r.get('initialized')}; {r.get('child_ok')}",
+        )
+    )
 
 
 def examples() -> None:
-    bugs = ["none", "lru_cache", "gc_freeze", "rope_cache", "workspace_singleton",
-            "resize_no_empty_cache", "kv_cache", "thread"]
+    bugs = [
+        "none",
+        "lru_cache",
+        "gc_freeze",
+        "rope_cache",
+        "workspace_singleton",
+        "resize_no_empty_cache",
+        "kv_cache",
+        "thread",
+    ]
     for bug in bugs:
         args = ["--fixed"] if bug == "none" else ["--bug", bug]
         out = ROOT / f"ex_{bug}.json"
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "memdiag", "run", "--json", str(out), "examples/toy_engine.py",
-             "--device", "cuda", *args],
-            capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "memdiag",
+                "run",
+                "--json",
+                str(out),
+                "examples/toy_engine.py",
+                "--device",
+                "cuda",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=300,
+            cwd=ROOT,
         )
         dt = time.perf_counter() - t0
         print(f"--- example {bug}: exit {proc.returncode}\n{proc.stderr[-4000:]}")
@@ -135,7 +190,7 @@ def examples() -> None:
             if leaks:
                 f = leaks[0]
                 chain = f["retainers"][0]["chain_text"] if f["retainers"] else ""
-                top = f"{f['kind']} {f['bytes']/MiB:.1f} MiB {chain[:90]}"
+                top = f"{f['kind']} {f['bytes'] / MiB:.1f} MiB {chain[:90]}"
             top += f" notes={notes}"
             if os.environ.get("OUT"):
                 (Path(os.environ["OUT"]) / out.name).write_text(out.read_text())
@@ -171,18 +226,34 @@ def cheap_path_cost() -> None:
     if "error" in r:
         ROWS.append(("cheap path", str(r["error"])))
         return
-    ROWS.append(("passing check (median of 300)", f"{r['check_ms']:.3f} ms; start {r['start_ms']:.3f} ms; heap {r['heap']} objs"))
-    ROWS.append(("gc.collect()+empty_cache()+counters", f"{r['alt_ms']:.3f} ms (ratio {r['alt_ms']/r['check_ms']:.0f}x)"))
+    ROWS.append(
+        (
+            "passing check (median of 300)",
+            f"{r['check_ms']:.3f} ms; start {r['start_ms']:.3f} ms; heap {r['heap']} objs",
+        )
+    )
+    ROWS.append(
+        (
+            "gc.collect()+empty_cache()+counters",
+            f"{r['alt_ms']:.3f} ms (ratio {r['alt_ms'] / r['check_ms']:.0f}x)",
+        )
+    )
 
 
 def main() -> None:
-    for probe in (context_and_counters, cublas_and_lazy_modules, fork_safety, cheap_path_cost, examples):
+    for probe in (
+        context_and_counters,
+        cublas_and_lazy_modules,
+        fork_safety,
+        cheap_path_cost,
+        examples,
+    ):
         t0 = time.perf_counter()
         try:
             probe()
         except Exception as exc:  # noqa: BLE001
             ROWS.append((probe.__name__, f"FAILED {type(exc).__name__}: {exc}"))
-        print(f"[{probe.__name__} {time.perf_counter()-t0:.1f}s]", flush=True)
+        print(f"[{probe.__name__} {time.perf_counter() - t0:.1f}s]", flush=True)
     width = max(len(k) for k, _ in ROWS)
     print("\n==== memdiag GPU probe ====")
     for key, value in ROWS:

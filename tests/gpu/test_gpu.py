@@ -22,7 +22,7 @@ pytestmark = [
 MiB = 1024**2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _supports_kw(fn: object, kw: str) -> bool:
     return True
 
