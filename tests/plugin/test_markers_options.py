@@ -1,0 +1,249 @@
+"""Markers, options, ini keys, ``--help``, usage errors and JUnit XML.
+
+These runs use ``--gpu-leak-device=fake`` (memdiag's scripted backend, reached through
+the ``gpu_leak_tracker`` fixture): its memory is numbers, not tensors, so the runs can
+stay in this process."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+FAKE = """
+import time
+import pytest
+
+MiB = 1024 ** 2
+
+def fake(tracker):
+    return tracker.selection.backends[0]
+
+def free(backend, nbytes):
+    state = backend.snapshot("fake:0")
+    backend.set("fake:0", allocated=state.allocated - nbytes, reserved=state.reserved - nbytes,
+                driver_used=state.driver_used - nbytes)
+"""
+
+MARKERS = (
+    FAKE
+    + """
+def test_fake_leak(gpu_leak_tracker):
+    fake(gpu_leak_tracker).allocate("fake:0", 8 * MiB)
+
+@pytest.mark.gpu_leak_check(tolerance="16MiB")
+def test_within_marker_tolerance(gpu_leak_tracker):
+    fake(gpu_leak_tracker).allocate("fake:0", 8 * MiB)
+
+@pytest.mark.gpu_leak_check(settle=5)
+def test_lazy_release_is_waited_for(gpu_leak_tracker):
+    backend = fake(gpu_leak_tracker)
+    backend.allocate("fake:0", 64 * MiB)
+    backend.release_later("fake:0", 64 * MiB, delay=0.2)
+
+@pytest.mark.gpu_leak_check(settle=0)
+def test_lazy_release_not_waited_for(gpu_leak_tracker):
+    backend = fake(gpu_leak_tracker)
+    backend.allocate("fake:0", 64 * MiB)
+    backend.release_later("fake:0", 64 * MiB, delay=0.2)
+
+@pytest.mark.gpu_leak_check(max_peak="100MiB")
+def test_peak_over_budget(gpu_leak_tracker):
+    backend = fake(gpu_leak_tracker)
+    with gpu_leak_tracker.phase("resize"):
+        backend.allocate("fake:0", 128 * MiB)  # old and new buffer resident together
+        free(backend, 128 * MiB)
+
+@pytest.mark.gpu_leak_check(max_peak="1GiB")
+def test_peak_within_budget(gpu_leak_tracker):
+    backend = fake(gpu_leak_tracker)
+    backend.allocate("fake:0", 128 * MiB)
+    free(backend, 128 * MiB)
+
+@pytest.mark.no_gpu_leak_check(reason="known")
+def test_opted_out(gpu_leak_tracker):
+    assert not gpu_leak_tracker.enabled
+"""
+)
+
+
+def test_markers_tune_one_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_marks=MARKERS)
+    result = pytester.runpytest("--gpu-leak-check", "--gpu-leak-device=fake", "-rA")
+    result.assert_outcomes(passed=4, failed=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "FAILED test_marks.py::test_fake_leak - memdiag: fake:0: 8.0 MiB over baseline "
+            "(tolerance 1.0 MiB), allocated memory held by no Python tensor*",
+            "FAILED test_marks.py::test_lazy_release_not_waited_for - memdiag: fake:0: 64.0 MiB*",
+            "FAILED test_marks.py::test_peak_over_budget - memdiag: fake:0: peak in phase "
+            "'resize' was 128.0 MiB over baseline, above the max_peak budget of 100.0 MiB",
+            "PASSED test_marks.py::test_within_marker_tolerance",
+            "PASSED test_marks.py::test_lazy_release_is_waited_for",
+            "PASSED test_marks.py::test_peak_within_budget",
+            "PASSED test_marks.py::test_opted_out",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*over budget  test_marks.py::test_peak_over_budget: *"])
+
+
+def test_marker_opts_in_without_the_flag(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ngpu_leak_device = fake\n")
+    pytester.makepyfile(
+        test_optin=FAKE
+        + """
+@pytest.mark.gpu_leak_check
+def test_marked_leak(gpu_leak_tracker):
+    fake(gpu_leak_tracker).allocate("fake:0", 8 * MiB)
+
+def test_unmarked(gpu_leak_tracker):
+    assert not gpu_leak_tracker.enabled
+"""
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "memdiag: checked 1 tests (fake:0; function scope, marked tests only): 0 clean, 1 leaking",
+            "FAILED test_optin.py::test_marked_leak - memdiag: fake:0: 8.0 MiB over baseline*",
+        ]
+    )
+
+
+def test_ini_options_mirror_the_flags(pytester: pytest.Pytester) -> None:
+    pytester.makeini(
+        "[pytest]\n"
+        "gpu_leak_check = true\n"
+        "gpu_leak_device = fake\n"
+        "gpu_leak_tolerance = 32MiB\n"
+        "gpu_leak_settle = 0\n"
+    )
+    pytester.makepyfile(
+        test_ini=FAKE
+        + """
+def test_small(gpu_leak_tracker):
+    fake(gpu_leak_tracker).allocate("fake:0", 16 * MiB)
+
+def test_big(gpu_leak_tracker):
+    fake(gpu_leak_tracker).allocate("fake:0", 64 * MiB)
+"""
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "memdiag: leak check on fake:0; function scope, tolerance 32.0 MiB, settle 0 s",
+            "FAILED test_ini.py::test_big - memdiag: fake:0: 64.0 MiB over baseline "
+            "(tolerance 32.0 MiB)*",
+        ]
+    )
+    # The command line wins over the ini file.
+    result = pytester.runpytest("--gpu-leak-tolerance=128MiB")
+    result.assert_outcomes(passed=2)
+
+
+def test_bad_marker_arguments_fail_the_test_saying_why(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.gpu_leak_check(tolerance="lots")
+def test_bad_tolerance():
+    pass
+
+@pytest.mark.gpu_leak_check(max_peak="1GiB", budget=3)
+def test_unknown_argument():
+    pass
+"""
+    )
+    result = pytester.runpytest("--gpu-leak-device=fake")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*@pytest.mark.gpu_leak_check(tolerance='lots'): 'lots' is not a size*accepted*",
+            "*@pytest.mark.gpu_leak_check*unexpected keyword argument 'budget'*",
+        ]
+    )
+
+
+def test_help_lists_options_and_markers(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(
+        [
+            "GPU memory leak check (memdiag):",
+            "  --gpu-leak-check*fail every test that leaves device memory allocated*",
+            "  --gpu-leak-device=SPEC*",
+            "  --gpu-leak-tolerance=*DEVICE=*SIZE|PCT%*",
+            "  --gpu-leak-settle=SECONDS*",
+            "  --gpu-leak-scope=SCOPE*",
+            "  --gpu-leak-alloc-stacks*",
+            "  --gpu-leak-json=PATH*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["  gpu_leak_check (bool):*", "  gpu_leak_scope (string):*"])
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(
+        [
+            "@pytest.mark.gpu_leak_check(*, tolerance: str | int | None = None, settle: float "
+            "| None = None, max_peak: str | int | None = None): check this test*",
+            "@pytest.mark.no_gpu_leak_check(*, reason: str = ''): do not check this test*",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            "--gpu-leak-scope=class",
+            "*--gpu-leak-scope / gpu_leak_scope 'class' is not a scope; accepted: function, "
+            "module, session*",
+        ),
+        (
+            "--gpu-leak-tolerance=lots",
+            "*--gpu-leak-tolerance / gpu_leak_tolerance 'lots': * accepted: SIZE, PCT% or "
+            "DEVICE=SIZE*",
+        ),
+        (
+            "--gpu-leak-settle=-1",
+            "*--gpu-leak-settle / gpu_leak_settle '-1' is not a number of seconds; accepted*",
+        ),
+        ("--gpu-leak-device=nope", "*--gpu-leak-device / gpu_leak_device 'nope': *accepted: auto*"),
+        ("--gpu-leak-json=/no/such/dir/r.json", "*gpu_leak_json*does not exist; accepted*"),
+    ],
+)
+def test_bad_values_are_usage_errors(pytester: pytest.Pytester, option: str, message: str) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest("--gpu-leak-check", option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+def test_junit_xml_has_the_properties(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_junit=FAKE
+        + """
+def test_leak(gpu_leak_tracker):
+    fake(gpu_leak_tracker).allocate("fake:0", 8 * MiB)
+
+def test_clean(gpu_leak_tracker):
+    pass
+"""
+    )
+    xml = pytester.path / "junit.xml"
+    result = pytester.runpytest("--gpu-leak-check", "--gpu-leak-device=fake", f"--junitxml={xml}")
+    result.assert_outcomes(passed=1, failed=1)
+    cases = {case.get("name"): case for case in ET.parse(xml).getroot().iter("testcase")}
+    leak = {p.get("name"): p.get("value") for p in cases["test_leak"].iter("property")}
+    clean = {p.get("name"): p.get("value") for p in cases["test_clean"].iter("property")}
+    assert leak["memdiag_leaked"] == "true"
+    assert leak["memdiag_bytes"] == str(8 * 1024**2)
+    assert leak["memdiag_summary"].startswith("memdiag: fake:0: 8.0 MiB over baseline")
+    assert clean == {
+        "memdiag_leaked": "false",
+        "memdiag_bytes": "0",
+        "memdiag_summary": "memory came back at once on fake:0",
+    }
+    failure = cases["test_leak"].find("failure")
+    assert failure is not None
+    assert failure.get("message", "").startswith("memdiag: fake:0: 8.0 MiB over baseline")
