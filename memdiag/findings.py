@@ -25,6 +25,8 @@ class FindingKind(str, Enum):
     ALLOCATOR_CACHE = "allocator_cache"
     WORKSPACE = "framework_workspace"
     CONTEXT = "device_context"
+    PROCESS_GROUP = "process_group"
+    WORKER = "worker"
 
     @property
     def title(self) -> str:  # type: ignore[override]  # str.title is not used on kinds
@@ -44,6 +46,8 @@ _TITLES = {
     FindingKind.ALLOCATOR_CACHE: "allocator cache (reserved, not allocated)",
     FindingKind.WORKSPACE: "framework workspaces",
     FindingKind.CONTEXT: "device context",
+    FindingKind.PROCESS_GROUP: "process group not destroyed",
+    FindingKind.WORKER: "worker process",
 }
 _LEAK_CLASSES = frozenset(
     {
@@ -52,6 +56,8 @@ _LEAK_CLASSES = frozenset(
         FindingKind.NATIVE,
         FindingKind.OUTSIDE_TORCH,
         FindingKind.OTHER_PROCESS,
+        FindingKind.PROCESS_GROUP,
+        FindingKind.WORKER,
     }
 )
 

@@ -25,6 +25,14 @@ from typing import Any
 from memdiag.backends.base import BackendUnavailable
 from memdiag.backends.registry import Selection, select
 from memdiag.census import Census, StorageLedger, take_census
+from memdiag.distributed import (
+    GroupState,
+    ProcessWatch,
+    process_group_findings,
+    process_group_state,
+    without_covered_processes,
+)
+from memdiag.merge import WorkerReportDir
 from memdiag.classify import Assessment, assess, classify
 from memdiag.readings import DeviceReading
 from memdiag.result import CheckResult, DeviceCheck, PhaseRecord
@@ -101,7 +109,10 @@ class Tracker:
     records the live storages at start, so "created since baseline" is exact.
     ``collect_at_start``: run ``gc.collect()`` before the baseline, so garbage alive
     then (collected later) cannot hide growth; the pytest plugin turns it off to keep
-    per-test baselines cheap.
+    per-test baselines cheap.  ``watch_processes``: follow this process' children
+    (workers still alive after shutdown are leaks).  ``worker_reports``: ask child
+    Python processes that call :func:`memdiag.agent.install` to write their own
+    report into a directory (``True``: a temporary one) and merge them in.
     """
 
     def __init__(
@@ -115,6 +126,8 @@ class Tracker:
         analyze: bool = True,
         record_alloc_stacks: bool = False,
         collect_at_start: bool = True,
+        watch_processes: bool = True,
+        worker_reports: bool | str | os.PathLike[str] = False,
         name: str = "",
     ) -> None:
         if settle < 0:
@@ -137,6 +150,13 @@ class Tracker:
         self._started = False
         self._tree_pids: frozenset[int] = frozenset()
         self.result: CheckResult | None = None
+        self._procs = ProcessWatch() if watch_processes else None
+        self._groups_at_start = GroupState()
+        self._workers = (
+            WorkerReportDir(None if worker_reports is True else worker_reports)
+            if worker_reports
+            else None
+        )
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> Tracker:
@@ -160,6 +180,11 @@ class Tracker:
                 _safe(backend.reset_peak, device)
         self.baseline = self.read()
         self._tree_pids = self._tree_for(self.baseline)
+        if self._procs is not None:
+            self._procs.start(self.baseline)
+        self._groups_at_start = process_group_state()
+        if self._workers is not None:
+            self._workers.activate()
         self._started = True
         with _ACTIVE_LOCK:
             _ACTIVE.append(self)
@@ -173,6 +198,8 @@ class Tracker:
     def close(self) -> None:
         """Stop being active and drop every reference the tracker holds."""
         self._deactivate()
+        if self._workers is not None:
+            self._workers.close()
         if self._own_ledger and self._ledger is not None:
             self._ledger.clear()
         if self.record_alloc_stacks and self.selection is not None:
@@ -227,6 +254,8 @@ class Tracker:
         if self._open is None or (name is not None and self._open.name != name):
             return None
         readings = self.read()
+        if self._procs is not None:
+            self._procs.phase_end(self._open.name, readings)
         record = PhaseRecord(
             name=self._open.name,
             started=self._open.started,
@@ -277,10 +306,10 @@ class Tracker:
         readings = self.read()
         assessment = self._assess(readings)
         freeze_grew = gc.get_freeze_count() > self._baseline_freeze
-        if assessment.clean and not freeze_grew:
+        if assessment.clean and not freeze_grew and not self._processes_pending(readings):
             return self._finish(readings, assessment, None, cheap=True, settle_s=0.0, t0=t0)
         readings, assessment, settle_s, workspace = self._settle(readings, assessment)
-        if assessment.clean and not freeze_grew:
+        if assessment.clean and not freeze_grew and self._census_needless():
             return self._finish(
                 readings,
                 assessment,
@@ -308,6 +337,18 @@ class Tracker:
             notices=notices,
         )
 
+    def _processes_pending(self, readings: Mapping[str, DeviceReading]) -> bool:
+        """Observe child processes; True while one started during tracking is alive
+        or its memory is not yet released (those are waited for, then judged)."""
+        if self._procs is None:
+            return False
+        self._procs.observe(readings)
+        return self._procs.pending()
+
+    def _census_needless(self) -> bool:
+        """After settling clean: only worker reports can still hold findings."""
+        return self._workers is None
+
     def _settle(
         self, readings: dict[str, DeviceReading], assessment: Assessment
     ) -> tuple[dict[str, DeviceReading], Assessment, float, dict[str, int]]:
@@ -329,7 +370,8 @@ class Tracker:
             readings = self.read()
             assessment = self._assess(readings)
             elapsed = time.monotonic() - start
-            if assessment.clean or elapsed >= self.settle_s:
+            settled = assessment.clean and not self._processes_pending(readings)
+            if settled or elapsed >= self.settle_s:
                 return readings, assessment, elapsed, workspace
             time.sleep(min(delay, max(0.0, self.settle_s - elapsed)))
             delay = min(delay * 2, 0.25)
@@ -363,6 +405,14 @@ class Tracker:
                 findings, record_alloc_stacks=self.record_alloc_stacks
             )
             all_notices.extend(extra)
+        if self._procs is not None:
+            process_findings = self._procs.findings(readings)
+            findings = without_covered_processes(findings, process_findings) + process_findings
+            analysis["processes"] = self._procs.to_json()
+        findings = list(findings) + process_group_findings(self._groups_at_start)
+        if self._workers is not None:
+            findings += self._workers.findings()
+        findings.sort(key=lambda f: (not f.is_leak, -f.nbytes))
         devices = tuple(
             DeviceCheck(
                 device=device,

@@ -17,7 +17,6 @@ from memdiag.readings import DeviceReading
 from memdiag.report.terminal import render_terminal
 from memdiag.result import CheckResult, PhaseRecord
 from memdiag.units import format_bytes
-
 from plugins.failure import SECTION, LeakFailure
 
 __all__ = [
@@ -40,7 +39,7 @@ def held_by(finding: Finding) -> str:
     if finding.tensors:
         prefix = "held only by gc-frozen objects: " if finding.kind is FindingKind.GC_FROZEN else ""
         return prefix + finding.tensors[0].describe()
-    return finding.kind.title
+    return ""
 
 
 def signature(result: CheckResult) -> str:
@@ -55,9 +54,7 @@ def signature(result: CheckResult) -> str:
         if sig:
             return str(sig)
     device_type = top.device.split(":")[0]
-    shapes = sorted(
-        f"{'x'.join(map(str, g.example.shape))}/{g.example.dtype}" for g in top.tensors
-    )
+    shapes = sorted(f"{'x'.join(map(str, g.example.shape))}/{g.example.dtype}" for g in top.tensors)
     text = "|".join([top.kind.value, device_type, *shapes])
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -75,9 +72,10 @@ def leak_line(result: CheckResult) -> str:
     tolerance = "" if allowance is None else f" (tolerance {format_bytes(allowance)})"
     more = len(result.leaks) - 1
     extra = f" [+{more} more finding{'s' if more > 1 else ''}]" if more else ""
+    held = held_by(top)
     return (
         f"{top.device}: {format_bytes(on_device)} over baseline{tolerance}, "
-        f"{top.kind.title}; {held_by(top)}{extra}"
+        f"{top.kind.title}{'; ' + held if held else ''}{extra}"
     )
 
 
@@ -168,4 +166,3 @@ def build_failure(
     lines.append(f"(full report in the '{SECTION}' section below)")
     section = render_report(result, width=width, verbosity=verbosity) if result else ""
     return LeakFailure(message=message, long_repr="\n".join(lines), section=section)
-

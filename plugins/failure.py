@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from _pytest._code.code import TerminalRepr
+from _pytest._io import TerminalWriter
+
 __all__ = ["SECTION", "LeakFailure", "LeakRepr"]
 
 SECTION = "memdiag leak report"
@@ -33,14 +36,14 @@ class CrashLocation:
         return f"{self.path}:{self.lineno}: {self.message}"
 
 
-class LeakRepr:
+class LeakRepr(TerminalRepr):
     """The long repr of a leak failure; ``reprcrash.message`` is its one-line summary."""
 
     def __init__(self, failure: LeakFailure, path: str, lineno: int) -> None:
         self.failure = failure
         self.reprcrash = CrashLocation(path, lineno, failure.message)
 
-    def toterminal(self, tw: _Writer) -> None:
+    def toterminal(self, tw: TerminalWriter) -> None:
         for line in self.failure.long_repr.splitlines():
             tw.line(line, red=line.startswith("memdiag:"))
 
@@ -70,6 +73,5 @@ class LeakFailure:
         """The text for a report that already failed on its own: both, clearly apart."""
         rule = "-" * 20
         return (
-            f"{original.rstrip()}\n\n{rule} and, separately, memdiag found {rule}\n"
-            f"{self.long_repr}"
+            f"{original.rstrip()}\n\n{rule} and, separately, memdiag found {rule}\n{self.long_repr}"
         )

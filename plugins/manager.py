@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from _pytest.nodes import Node
 from _pytest.runner import runtestprotocol
 
 from memdiag.backends.registry import Selection
@@ -49,7 +50,6 @@ from memdiag.readings import DeviceReading, ProcessUsage
 from memdiag.result import CheckResult
 from memdiag.tracker import Tracker
 from memdiag.units import Tolerance
-
 from plugins import describe
 from plugins.failure import SECTION, LeakFailure, LeakRepr
 from plugins.marks import MarkOptions, closest, options_from
@@ -124,7 +124,6 @@ class LeakCheckManager:
         self.ledger = StorageLedger()
         self._ledger_stale = True
         self._ledger_reading: dict[str, DeviceReading] = {}
-        self._cheap_reads = all(b.name != "cpu" for b in selection.backends)
         self._pid = os.getpid()
         self._run: CheckRun | None = None
         self._test: TestState | None = None
@@ -132,7 +131,7 @@ class LeakCheckManager:
         self._excluding = 0
         self._cuda_warned = False
 
-    # -- which tests -----------------------------------------------------------------------
+    # -- which tests ---------------------------------------------------------------------------
     def _mark_of(self, node: pytest.Item | pytest.Collector) -> pytest.Mark | None:
         return closest(node)
 
@@ -158,7 +157,9 @@ class LeakCheckManager:
         return (yield)
 
     @pytest.hookimpl(specname="pytest_runtest_protocol")
-    def pytest_runtest_protocol_deferred(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    def pytest_runtest_protocol_deferred(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
         """pytest's own protocol, with each report logged only after the teardown's check.
 
         (Under ``--forked`` the forked plugin runs first and does the same in its child.)
@@ -199,29 +200,36 @@ class LeakCheckManager:
             reporter.write_line(f"memdiag WARNING: {message}", red=True, bold=True)
         warnings.warn(MemdiagWarning(message), stacklevel=1)
 
-    # -- setup -----------------------------------------------------------------------------------
+    # -- setup ---------------------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
-        self._begin(item)
-        return (yield)
+        try:
+            self._begin(item)
+            error = None
+        except ValueError as exc:  # a bad marker argument: fail the setup, saying why
+            self._test = None
+            self._close_run()
+            error = str(exc)
+        result = yield
+        if error is not None:
+            pytest.fail(error, pytrace=False)
+        return result
 
     def _begin(self, item: pytest.Item) -> None:
         deferred = self._deferring or os.getpid() != self._pid
         wanted = self._wanted(item)
-        try:
-            options = options_from(
-                m if (m := item.get_closest_marker("gpu_leak_check")) and wanted else None
-            )
-        except ValueError as exc:
-            self._test = None
-            pytest.fail(str(exc), pytrace=False)
+        options = options_from(
+            m if (m := item.get_closest_marker("gpu_leak_check")) and wanted else None
+        )
         if self.scope == "function":
             run = (
                 CheckRun(
                     scope="function",
                     key=item.nodeid,
                     label="the test",
-                    tolerance={"*": options.tolerance} if options.tolerance else self.settings.tolerance,
+                    tolerance={"*": options.tolerance}
+                    if options.tolerance
+                    else self.settings.tolerance,
                     settle=self.settings.settle if options.settle is None else options.settle,
                 )
                 if wanted
@@ -251,10 +259,7 @@ class LeakCheckManager:
         self._close_run()
         mark = self._mark_of(node) if node is not None else None
         disabled = mark is not None and mark.name == "no_gpu_leak_check"
-        try:
-            options = options_from(mark if mark is not None and not disabled else None)
-        except ValueError as exc:
-            pytest.fail(str(exc), pytrace=False)
+        options = options_from(mark if mark is not None and not disabled else None)
         run = CheckRun(
             scope=self.scope,
             key=key,
@@ -273,8 +278,11 @@ class LeakCheckManager:
             run.tracker = None
 
     def _phases_on(self, test: TestState | None) -> bool:
-        """Stage phases cost one reading each: a heap walk on CPU, so only when asked."""
-        return self._cheap_reads or (test is not None and test.options.max_peak is not None)
+        """The plugin's own phases (setup / call / teardown, or one per test in a module
+        or session run) cost a reading each (a heap walk on CPU; allocator and driver
+        calls on an accelerator), so only a ``max_peak`` budget turns them on.  Phases
+        the test or engine marks itself are always recorded."""
+        return test is not None and test.options.max_peak is not None
 
     def _start_tracker(self, run: CheckRun, first_phase: str) -> None:
         t0 = time.perf_counter()
@@ -289,6 +297,7 @@ class LeakCheckManager:
             settle=run.settle,
             ledger=self.ledger,
             record_alloc_stacks=self.settings.alloc_stacks,
+            collect_at_start=False,  # a gc.collect() per test is what this plugin avoids
             name=run.key,
         )
         tracker.start()
@@ -311,7 +320,7 @@ class LeakCheckManager:
         test.phase_name = test.item.name
         run.tracker.phase(test.item.name)
 
-    # -- fixtures --------------------------------------------------------------------------------
+    # -- fixtures ------------------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
@@ -386,7 +395,7 @@ class LeakCheckManager:
         if self._run is not None:
             self._run.overhead_s += time.perf_counter() - t0
 
-    # -- call and teardown -------------------------------------------------------------------------
+    # -- call and teardown ---------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
         test = self._test
@@ -461,9 +470,7 @@ class LeakCheckManager:
                 return
             result = run.result or self._check(run)
             peaks = (
-                describe.peak_violations(
-                    result.phases, run.tracker.baseline, test.options.max_peak
-                )
+                describe.peak_violations(result.phases, run.tracker.baseline, test.options.max_peak)
                 if test.options.max_peak is not None
                 else []
             )
@@ -471,16 +478,16 @@ class LeakCheckManager:
             return
         if test.exclusion is not None and run.tracker is not None:
             self._exclusion_end(run.tracker, test.exclusion)
-        peaks: list[describe.PeakViolation] = []
+        test_peaks: list[describe.PeakViolation] = []
         tracker = run.tracker
         if test.checked and tracker is not None and test.phase_name is not None:
             tracker.end_phase(test.phase_name)
             if test.options.max_peak is not None:
-                peaks = describe.peak_violations(
+                test_peaks = describe.peak_violations(
                     tracker.phases[test.phase_start :], tracker.baseline, test.options.max_peak
                 )
-        if peaks:
-            self._report(test, teardown, run, None, peaks, blame=run.label, unit=False)
+        if test_peaks:
+            self._report(test, teardown, run, None, test_peaks, blame=run.label, unit=False)
         if test.unit_ends and tracker is not None:
             result = run.result or self._check(run)
             blame = _blame(run)
@@ -503,7 +510,7 @@ class LeakCheckManager:
         run.overhead_s += time.perf_counter() - t0
         return result
 
-    # -- reporting -----------------------------------------------------------------------------------
+    # -- reporting -----------------------------------------------------------------------------
     def _report(
         self,
         test: TestState,
@@ -533,7 +540,7 @@ class LeakCheckManager:
                 "leaked": leaked,
                 "bytes": sum(f.nbytes for f in result.leaks),
                 "device": top.device if top else "",
-                "held": f"{top.device}: {describe.held_by(top)}" if top else "",
+                "held": f"{top.device}: {describe.held_by(top) or top.kind.title}" if top else "",
                 "summary": failure.message if failure and leaked else result.summary(),
                 "signature": describe.signature(result),
                 "cheap": result.cheap,
@@ -592,7 +599,7 @@ class LeakCheckManager:
             report.sections.append((SECTION, failure.section))
         setattr(report, FAILURE, data)
 
-    # -- session end ----------------------------------------------------------------------------------
+    # -- session end ---------------------------------------------------------------------------
     def pytest_sessionfinish(self) -> None:
         self._close_run()
 
@@ -616,7 +623,7 @@ def _unit_of(item: pytest.Item, scope: str) -> tuple[str, pytest.Collector | Non
 
 def _first_wider_node_torn_down(
     item: pytest.Item, nextitem: pytest.Item | None, scope: str
-) -> pytest.Node | None:
+) -> Node | None:
     """The innermost node wider than the run's scope that this teardown tears down.
 
     pytest tears nodes down innermost first; a finalizer added to that node now runs

@@ -33,7 +33,9 @@ MARKERS: tuple[Callable[..., None], ...] = (gpu_leak_check, no_gpu_leak_check)
 
 
 def marker_help(fn: Callable[..., None]) -> str:
-    signature = inspect.signature(fn, eval_str=True)
+    signature = inspect.signature(fn, eval_str=True).replace(
+        return_annotation=inspect.Signature.empty
+    )
     doc = " ".join((fn.__doc__ or "").split())
     return f"{fn.__name__}{signature}: {doc}"
 
@@ -52,7 +54,7 @@ def _bind(mark: pytest.Mark, fn: Callable[..., None]) -> dict[str, Any]:
     try:
         bound = inspect.signature(fn, eval_str=True).bind(*mark.args, **mark.kwargs)
     except TypeError as exc:
-        raise ValueError(f"@pytest.mark.{marker_help(fn).split(':')[0]}: {exc}") from None
+        raise ValueError(f"@pytest.mark.{fn.__name__}: {exc}") from None
     return dict(bound.arguments)
 
 

@@ -12,7 +12,7 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pytest
 
@@ -39,8 +39,10 @@ class _Option:
         return "--" + self.name.replace("_", "-")
 
     @property
-    def ini_type(self) -> str:
-        return {"flag": "bool", "value": "string", "list": "args"}[self.kind]
+    def ini_type(self) -> Literal["bool", "string", "args"]:
+        if self.kind == "flag":
+            return "bool"
+        return "args" if self.kind == "list" else "string"
 
 
 OPTIONS = (
@@ -98,8 +100,11 @@ def add_options(parser: pytest.Parser) -> None:
     for option in OPTIONS:
         if option.kind == "flag":
             group.addoption(
-                option.flag, action="store_true", default=None, dest=option.name,
-                help=option.help,
+                option.flag,
+                action="store_true",
+                default=None,
+                dest=option.name,
+                help=option.help.replace("%", "%%"),
             )
         else:
             group.addoption(
@@ -108,7 +113,7 @@ def add_options(parser: pytest.Parser) -> None:
                 default=None,
                 dest=option.name,
                 metavar=option.metavar,
-                help=option.help,
+                help=option.help.replace("%", "%%"),  # argparse formats help with %
             )
         parser.addini(option.name, f"default for {option.flag}: {option.help}", option.ini_type)
 
@@ -193,10 +198,10 @@ def read_settings(config: pytest.Config) -> Settings:
             f"accepted: {', '.join(SCOPES)}"
         )
     raw_tolerance = value_or_ini(config, "gpu_leak_tolerance")
-    tolerance_values = (
-        [str(v) for v in raw_tolerance] if isinstance(raw_tolerance, list) else []
+    tolerance_values = [str(v) for v in raw_tolerance] if isinstance(raw_tolerance, list) else []
+    tolerance = parse_tolerances(
+        tolerance_values, where="--gpu-leak-tolerance / gpu_leak_tolerance"
     )
-    tolerance = parse_tolerances(tolerance_values, where="--gpu-leak-tolerance / gpu_leak_tolerance")
     settle_text = _text(config, "gpu_leak_settle")
     settle = (
         1.0
@@ -212,7 +217,9 @@ def read_settings(config: pytest.Config) -> Settings:
     json_text = _text(config, "gpu_leak_json")
     json_path = Path(json_text) if json_text else None
     if json_path is not None:
-        json_path = json_path if json_path.is_absolute() else config.invocation_params.dir / json_path
+        json_path = (
+            json_path if json_path.is_absolute() else config.invocation_params.dir / json_path
+        )
         if not json_path.parent.is_dir():
             raise pytest.UsageError(
                 f"--gpu-leak-json / gpu_leak_json {json_text!r}: directory "

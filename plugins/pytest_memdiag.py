@@ -52,7 +52,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def _activate(config: pytest.Config, *, only_marked: bool) -> None:
     """Validate the options (fail fast) and register what this process needs."""
     from memdiag.backends.registry import UsageError, select
-
     from plugins.results import ResultsCollector
 
     settings = read_settings(config)

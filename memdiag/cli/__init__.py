@@ -11,18 +11,18 @@ from memdiag.cli.errors import EXIT_INTERNAL, EXIT_USAGE, CliError
 
 __all__ = ["main"]
 
-_COMMANDS = ("run", "devices", "report")
+_COMMANDS = ("run", "devices", "report", "merge", "compare")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from memdiag.cli import devices, report, run
+    from memdiag.cli import compare, devices, merge, report, run
 
     parser = argparse.ArgumentParser(
         prog="memdiag",
         description="Find GPU memory that does not come back, and say who holds it.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (run, devices, report):
+    for module in (run, devices, report, merge, compare):
         command = module.COMMAND
         sub_parser = sub.add_parser(
             command.name,

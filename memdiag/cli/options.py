@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from memdiag.cli.errors import CliError
+from memdiag.result import CheckResult
 from memdiag.units import Tolerance, parse_tolerance
 
-__all__ = ["add_check_options", "tolerances_from"]
+__all__ = [
+    "add_check_options",
+    "add_report_options",
+    "check_output_paths",
+    "emit_annotations",
+    "tolerances_from",
+    "write_reports",
+]
+
+
+def add_report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--html",
+        metavar="PATH",
+        help="write a self-contained HTML report (memory timeline, findings, retainers)",
+    )
+    parser.add_argument(
+        "--junit", metavar="PATH", help="write a JUnit XML report (a test case per device)"
+    )
 
 
 def add_check_options(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +54,7 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
         "use ~10 on ROCm, which releases VRAM lazily)",
     )
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    add_report_options(parser)
     parser.add_argument(
         "--alloc-stacks",
         action="store_true",
@@ -56,3 +78,45 @@ def tolerances_from(values: list[str]) -> dict[str, Tolerance] | None:
         except ValueError as exc:
             raise CliError(f"--tolerance {value!r}: {exc}") from None
     return result
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Fail before the run, not after it, when a report could not be written."""
+    for flag in ("json", "html", "junit"):
+        path = getattr(args, flag, None)
+        if not path:
+            continue
+        parent = Path(path).resolve().parent
+        if not parent.is_dir():
+            raise CliError(f"--{flag} {path}: directory {parent} does not exist; create it first")
+        if Path(path).is_dir():
+            raise CliError(f"--{flag} {path} is a directory; give a file name")
+
+
+def write_reports(result: CheckResult, args: argparse.Namespace, *, name: str = "") -> None:
+    """Write the ``--html`` and ``--junit`` reports asked for; ``name`` titles them."""
+    from memdiag.report.base import Renderer, write_report
+    from memdiag.report.html import HtmlReport
+    from memdiag.report.junit import JunitReport
+
+    title = Path(name).name if name else ""
+    wanted: list[tuple[str, str | None, Renderer]] = [
+        ("--html", args.html, HtmlReport(result, title=title)),
+        ("--junit", args.junit, JunitReport(result, suite=Path(name).stem or "memdiag")),
+    ]
+    for flag, path, renderer in wanted:
+        if not path:
+            continue
+        try:
+            write_report(renderer, path)
+        except OSError as exc:
+            raise CliError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+
+
+def emit_annotations(result: CheckResult, *, main_file: str | None, verbosity: int) -> None:
+    """Print GitHub Actions annotations on stdout when running in GitHub Actions."""
+    from memdiag.report.github import GithubReport, in_github_actions
+
+    if in_github_actions():
+        GithubReport(result, main_file=main_file, verbosity=verbosity).render(sys.stdout)
+        sys.stdout.flush()

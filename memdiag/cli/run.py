@@ -10,7 +10,13 @@ from rich.console import Console
 
 from memdiag.backends.registry import UsageError
 from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, EXIT_SCRIPT_FAILED, CliError
-from memdiag.cli.options import add_check_options, tolerances_from
+from memdiag.cli.options import (
+    add_check_options,
+    check_output_paths,
+    emit_annotations,
+    tolerances_from,
+    write_reports,
+)
 from memdiag.report.json_report import write_json
 from memdiag.report.terminal import render_terminal
 from memdiag.runner import ScriptNotFound, run_script
@@ -25,6 +31,10 @@ class RunCommand:
     The baseline is taken before the script starts; the final check runs when the
     script returns, with its __main__ namespace still alive, after gc.collect().
     Mark phases in the script with memdiag.phase("create") etc.
+
+    Reports: --json (documented schema), --html (self-contained, with a memory
+    timeline), --junit (a test case per device); in GitHub Actions, annotations
+    point at the leak's allocation site or its retainer's definition.
 
     Exit codes: 0 memory came back; 1 leak (also when the script failed);
     2 usage error; 3 the script failed (exception or non-zero exit) but memory came
@@ -42,6 +52,7 @@ class RunCommand:
         if args.settle < 0:
             raise CliError(f"--settle must be 0 or more seconds, not {args.settle}")
         tolerance = tolerances_from(args.tolerance)
+        check_output_paths(args)
         try:
             tracker = Tracker(
                 device=args.device,
@@ -81,6 +92,8 @@ class RunCommand:
                 )
             except OSError as exc:
                 raise CliError(f"cannot write --json {args.json}: {exc.strerror}") from None
+        write_reports(result, args, name=str(args.script))
+        emit_annotations(result, main_file=str(args.script), verbosity=args.verbose)
         if result.leaked:
             return EXIT_LEAK
         return EXIT_SCRIPT_FAILED if script_run.failed else EXIT_OK

@@ -1,27 +1,73 @@
-"""JSON report: ``CheckResult.to_json()`` plus who produced it.  Every number is bytes."""
+"""JSON report: ``CheckResult.to_json()`` plus who produced it (``context``).
+
+The format is documented by the JSON Schema in ``memdiag/report/schema.json``
+(:func:`schema`); ``schema_version`` changes whenever a field changes meaning or
+goes away.  Every size is an integer number of bytes, every duration seconds; keys
+are written sorted, so two runs of the same program differ only in their numbers.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from memdiag.report.base import write_report
 from memdiag.result import CheckResult
 
-__all__ = ["load_json", "write_json"]
+__all__ = ["JsonReport", "load_json", "load_report", "schema", "validate", "write_json"]
+
+
+class JsonReport:
+    """The report for machines: the whole result, every number in bytes."""
+
+    def __init__(self, result: CheckResult, **context: Any) -> None:
+        self.result = result
+        self.context = context
+
+    def data(self) -> dict[str, Any]:
+        data = self.result.to_json()
+        data["context"] = {"pid": os.getpid(), "argv": list(sys.argv), **self.context}
+        return data
+
+    def render(self, file: TextIO) -> None:
+        file.write(json.dumps(self.data(), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def write_json(result: CheckResult, path: str | Path, **context: Any) -> None:
     """Write atomically: a half-written report is never left behind."""
-    data = result.to_json()
-    data["context"] = {"pid": os.getpid(), "argv": list(sys.argv), **context}
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(target)
+    write_report(JsonReport(result, **context), path)
+
+
+def load_report(path: str | Path) -> tuple[CheckResult, dict[str, Any]]:
+    """The result and its ``context``.  Raises ``OSError``, ``ValueError`` (bad JSON or
+    an unsupported ``schema_version``), ``KeyError`` or ``TypeError`` (malformed)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"the top level is a JSON {type(data).__name__}, not an object")
+    context = data.get("context")
+    return CheckResult.from_json(data), dict(context) if isinstance(context, dict) else {}
 
 
 def load_json(path: str | Path) -> CheckResult:
-    return CheckResult.from_json(json.loads(Path(path).read_text()))
+    return load_report(path)[0]
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the report."""
+    text = resources.files("memdiag.report").joinpath("schema.json").read_text(encoding="utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def validate(data: dict[str, Any]) -> None:
+    """Check ``data`` against :func:`schema`; raises ``jsonschema.ValidationError``."""
+    try:
+        jsonschema = importlib.import_module("jsonschema")
+    except ImportError:
+        raise ImportError("validating a report needs jsonschema: pip install jsonschema") from None
+    jsonschema.validate(data, schema(), cls=jsonschema.Draft202012Validator)

@@ -1,89 +1,185 @@
-"""Terminal report with rich: a phase table per device, then the findings."""
+"""Terminal report with rich: a phase table per device, the findings biggest first
+(class, retainer tree, example chain, allocation site, one line of advice), the
+verdict.  Plain text without colour when the console is not a terminal; lists are
+trimmed by verbosity with "…and N more"."""
 
 from __future__ import annotations
 
-from rich.console import Console, Group
+from typing import TextIO
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from memdiag.findings import Finding
-from memdiag.readings import DeviceReading
+from memdiag.report.advice import advice_for
+from memdiag.report.facts import (
+    GroupView,
+    device_points,
+    groups_of,
+    kind_label,
+    limit_for,
+    ordered_findings,
+    unrooted_groups,
+)
 from memdiag.result import CheckResult
 from memdiag.units import format_bytes
 
-__all__ = ["render_terminal"]
+__all__ = ["TerminalReport", "render_terminal"]
 
 
 def _b(value: int | None) -> str:
     return "-" if value is None else format_bytes(value)
 
 
-def _phase_table(result: CheckResult, device: str) -> Table:
+def _more(hidden: int, what: str) -> Text:
+    return Text(f"…and {hidden} more {what} (-v shows more)", style="dim")
+
+
+def phase_table(result: CheckResult, device: str) -> Table:
+    """Baseline, each phase's peak (when known) and end, the final check."""
     check = next(d for d in result.devices if d.device == device)
-    table = Table(title=f"{device}", title_justify="left", expand=False, pad_edge=False)
-    for column in ("phase", "allocated", "reserved", "peak alloc", "driver used", "this process"):
-        table.add_column(column, justify="left" if column == "phase" else "right")
-
-    def row(name: str, r: DeviceReading | None, peak: bool) -> None:
-        if r is None:
-            return
+    table = Table(
+        title=(
+            f"{device}: memory by phase (tolerance {format_bytes(check.allowance)}, "
+            f"driver {format_bytes(check.driver_allowance)})"
+        ),
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("phase", overflow="fold")
+    for column in ("allocated", "reserved", "driver used", "this process"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for point in device_points(result, device):
+        peak = point.kind == "peak"
         table.add_row(
-            name,
-            _b(r.allocated),
-            _b(r.reserved),
-            _b(r.peak_allocated) if peak else "",
-            _b(r.driver_used),
-            _b(r.process_used),
+            point.label,
+            _b(point.allocated),
+            _b(point.reserved),
+            "" if peak else _b(point.driver_used),
+            "" if peak else _b(point.process_used),
+            style="dim" if peak else None,
         )
-
-    row("baseline", check.baseline, False)
-    for record in result.phases:
-        row(f"end of {record.name}", record.reading(device), True)
-    row("final check", check.final, False)
     return table
 
 
-def _finding_lines(finding: Finding, verbosity: int) -> list[Text]:
-    style = "bold red" if finding.is_leak else "yellow"
-    label = "LEAK" if finding.is_leak else "note"
-    lines = [
+def _group_node(tree: Tree, group: GroupView) -> None:
+    head = Text.assemble(
+        (format_bytes(group.retained_bytes), "bold"),
+        f"  {group.root_name}  ",
+        (f"[{group.root_kind}, {group.counts_text()}]", "dim"),
+    )
+    node = tree.add(head)
+    node.add(Text(f"chain: {group.chain_text}"))
+    if group.suspect_text:
+        node.add(Text(f"suspect: {group.suspect_text}", style="magenta"))
+    if group.alloc_site:
+        node.add(Text(f"allocated at {group.alloc_site}"))
+    if group.known:
+        node.add(Text(f"known: {group.known}", style="dim"))
+    if group.note:
+        node.add(Text(group.note, style="dim"))
+
+
+def _retainer_tree(groups: list[GroupView], limit: int | None, heading: str = "retainers") -> Tree:
+    total = sum(g.retained_bytes for g in groups)
+    plural = "s" if len(groups) != 1 else ""
+    tree = Tree(Text(f"{heading}: {format_bytes(total)} in {len(groups)} group{plural}"))
+    for group in groups[:limit]:
+        _group_node(tree, group)
+    hidden = len(groups) - len(groups[:limit])
+    if hidden:
+        tree.add(_more(hidden, "retainers"))
+    return tree
+
+
+def finding_block(finding: Finding, verbosity: int = 0) -> RenderableType:
+    """One finding: class and bytes, its message, retainers, tensors, processes, advice."""
+    limit = limit_for(verbosity)
+    label, style = ("LEAK", "bold red") if finding.is_leak else ("note", "yellow")
+    parts: list[RenderableType] = [
         Text.assemble(
             (f"{label} ", style),
-            (f"[{finding.kind.title}] ", "bold"),
-            finding.headline(),
-        )
+            (f"{format_bytes(finding.nbytes)} ", "bold"),
+            (f"{kind_label(finding.kind)} ", "bold"),
+            f"on {finding.device}",
+        ),
+        Padding(Text(finding.message), (0, 0, 0, 2), expand=False),
     ]
-    limit = 5 if verbosity <= 0 else (20 if verbosity == 1 else 10**9)
-    for group in finding.retainers[:limit]:
-        chain = group.get("chain_text") or ""
-        count = group.get("tensor_count", 0)
-        lines.append(
-            Text(f"    held by: {chain}  [{format_bytes(group.get('retained_bytes', 0))}, "
-                 f"{count} tensors]")
+    details: list[RenderableType] = []
+    groups = groups_of(finding)
+    if groups:
+        details.append(_retainer_tree(groups, limit))
+    if finding.tensors:
+        details.append(Text("tensors:"))
+        details.extend(Text(f"  {g.describe()}") for g in finding.tensors[:limit])
+        hidden = len(finding.tensors) - len(finding.tensors[:limit])
+        if hidden:
+            details.append(_more(hidden, "tensor groups"))
+    if finding.processes:
+        details.append(Text("processes:"))
+        details.extend(
+            Text(f"  pid {p.pid} {p.name or '?'}: {format_bytes(p.used)}")
+            for p in finding.processes[:limit]
         )
-        site = group.get("alloc_site")
-        if site:
-            lines.append(Text(f"      allocated at {site}"))
-    for group in finding.tensors[:limit]:
-        lines.append(Text(f"    {group.describe()}"))
-    hidden = max(0, len(finding.tensors) - limit)
-    if hidden:
-        lines.append(Text(f"    ...and {hidden} more tensor groups (-v shows more)"))
-    for proc in finding.processes[:limit]:
-        lines.append(Text(f"    pid {proc.pid} {proc.name or '?'}: {format_bytes(proc.used)}"))
-    if finding.advice:
-        lines.append(Text(f"    -> {finding.advice}", style="cyan"))
-    return lines
+        hidden = len(finding.processes) - len(finding.processes[:limit])
+        if hidden:
+            details.append(_more(hidden, "processes"))
+    advice = advice_for(finding)
+    if advice:
+        details.append(Text(f"fix: {advice}", style="cyan"))
+    if details:
+        parts.append(Padding(Group(*details), (0, 0, 0, 2), expand=False))
+    return Group(*parts)
+
+
+class TerminalReport:
+    """The report for a person at a terminal (rich; plain text when not a TTY)."""
+
+    def __init__(self, result: CheckResult, *, verbosity: int = 0) -> None:
+        self.result = result
+        self.verbosity = verbosity
+
+    def render_to(self, console: Console) -> None:
+        result = self.result
+        for check in result.devices:
+            console.print(phase_table(result, check.device))
+            console.print()
+        for notice in result.notices:
+            console.print(Text(f"notice: {notice}", style="dim"))
+        findings = ordered_findings(result)
+        if findings:
+            leaks = sum(1 for f in findings if f.is_leak)
+            notes = len(findings) - leaks
+            console.print(
+                Text(
+                    f"findings: {leaks} leak{'s' if leaks != 1 else ''}, "
+                    f"{notes} note{'s' if notes != 1 else ''}, biggest first",
+                    style="bold",
+                )
+            )
+            for finding in findings:
+                console.print(finding_block(finding, self.verbosity))
+        unrooted = unrooted_groups(result)
+        if unrooted:
+            heading = "not reached from any Python root"
+            console.print(_retainer_tree(unrooted, limit_for(self.verbosity), heading))
+        verdict = (
+            Text("LEAK: ", style="bold red") if result.leaked else Text("OK: ", style="bold green")
+        )
+        verdict.append(result.summary())
+        console.print(verdict)
+
+    def render(self, file: TextIO) -> None:
+        self.render_to(Console(file=file, highlight=False))
 
 
 def render_terminal(result: CheckResult, console: Console, *, verbosity: int = 0) -> None:
-    """Print the phase tables, findings and the verdict line."""
-    for check in result.devices:
-        console.print(_phase_table(result, check.device))
-    for notice in result.notices:
-        console.print(Text(f"notice: {notice}", style="dim"))
-    if result.findings:
-        console.print(Group(*[line for f in result.findings for line in _finding_lines(f, verbosity)]))
-    verdict = Text("LEAK: ", style="bold red") if result.leaked else Text("OK: ", style="bold green")
-    verdict.append(result.summary())
-    console.print(verdict)
+    """Print the phase tables, findings and the verdict line on ``console``."""
+    TerminalReport(result, verbosity=verbosity).render_to(console)

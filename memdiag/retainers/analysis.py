@@ -17,6 +17,7 @@ torch is only looked up in ``sys.modules``, never imported.
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -121,10 +122,51 @@ def analyze_heap(
     torch: Any = sys.modules.get("torch")
     if torch is None:
         return _no_torch_report(target_map, heap, start)
+    # The kept referent lists survive long enough to trigger full collections of the
+    # whole heap; nothing the analysis allocates is cyclic garbage, so pause the
+    # collector (the freeze state is not touched).
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _analyze(
+            view,
+            target_map,
+            start=start,
+            torch=torch,
+            max_groups=max_groups,
+            ignore=ignore,
+            known=known,
+            alloc_sites=alloc_sites or {},
+            baseline_ids=baseline_ids,
+            threads=threads,
+            exception=exception,
+            caller_targets=targets,
+        )
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _analyze(
+    view: HeapView,
+    target_map: dict[int, int],
+    *,
+    start: float,
+    torch: Any,
+    max_groups: int,
+    ignore: Sequence[IgnoreRule],
+    known: Sequence[KnownRetention],
+    alloc_sites: Mapping[int, str],
+    baseline_ids: frozenset[int] | set[int] | None,
+    threads: Sequence[ThreadStack] | None,
+    exception: BaseException | None,
+    caller_targets: object,
+) -> RetainerReport:
+    heap = len(view.objects)
     stacks = capture_threads() if threads is None else tuple(threads)
     env = RootEnv(stacks, exception, view.frozen_ids)
     exclude = own_frame_ids()
-    exclude.update({id(view), id(view.objects), id(targets), id(target_map), id(stacks)})
+    exclude.update({id(view), id(view.objects), id(caller_targets), id(target_map), id(stacks)})
     exclude.update(id(s) for s in stacks)
     exclude.update(id(s.frames) for s in stacks)
     graph = scan_heap(
@@ -155,6 +197,11 @@ def analyze_heap(
         f"{graph.rounds} rounds; {len(graph.nodes)} objects lie between "
         f"{len(graph.roots)} roots and {len(graph.holders)} tensors"
     ]
+    if not graph.complete:
+        notes.append(
+            f"the referrer search stopped after {graph.rounds} sweeps; some chains may "
+            "miss a referrer (their root is still a real one)"
+        )
     return assemble(
         forest,
         native,
@@ -162,7 +209,7 @@ def analyze_heap(
         max_groups=max_groups,
         ignore=ignore,
         known=known,
-        alloc_sites=alloc_sites or {},
+        alloc_sites=alloc_sites,
         start=start,
         notes=notes,
     )

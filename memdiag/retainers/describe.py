@@ -10,6 +10,7 @@ or property runs; ``repr`` is only called on exact builtin atoms and truncated.
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import sys
 import types
@@ -19,8 +20,12 @@ from typing import Any
 from memdiag.units import format_bytes
 
 __all__ = [
+    "HopLabeller",
     "TensorInfo",
-    "hop_label",
+    "dict_items",
+    "frame_locals",
+    "frame_text",
+    "func_name",
     "instance_dict",
     "is_a",
     "key_text",
@@ -140,6 +145,30 @@ def _sequence_items(seq: Any) -> list[object]:
         except RuntimeError:
             continue
     return []
+
+
+_OPTIMIZED = inspect.CO_OPTIMIZED
+
+
+def frame_locals(frame: types.FrameType) -> list[tuple[Any, Any]]:
+    """A frame's local variables, leaving no reference behind.
+
+    On Python 3.11 reading ``f_locals`` of a function frame copies its fast locals
+    into a dict stored on the frame, which keeps them alive after the program
+    ``del``s them; for function frames that dict is emptied again here (the next
+    ``f_locals`` or ``locals()`` refills it).  Module and class frames' ``f_locals``
+    is their real namespace and is left alone.
+    """
+    try:
+        local_vars = frame.f_locals
+    except Exception:  # noqa: BLE001 - a frame torn down while we look
+        return []
+    if not is_a(local_vars, dict):
+        return []
+    items = dict_items(local_vars)
+    if frame.f_code.co_flags & _OPTIMIZED and sys.version_info < (3, 13):
+        dict.clear(local_vars)
+    return items
 
 
 def _describe_code(code: types.CodeType, lineno: int | None) -> str:
@@ -349,22 +378,10 @@ class HopLabeller:
     def _frame_hop(self, frame: types.FrameType, child: object) -> str:
         if child is frame.f_back:
             return ".f_back"
-        try:
-            local_vars = frame.f_locals
-        except Exception:  # noqa: BLE001
-            return "(frame ref)"
-        if local_vars is child:
-            return ".f_locals"
-        if is_a(local_vars, dict):
-            for key, value in dict_items(local_vars):
-                if value is child:
-                    return f"local {key_text(key)}"
+        for key, value in frame_locals(frame):
+            if value is child:
+                return f"local {key_text(key)}"
         return "(frame value stack)"
-
-
-def hop_label(parent: object, child: object) -> str:
-    """Label for a single hop with no context (for tests and one-off use)."""
-    return HopLabeller(None).hop(parent, "plain", child, None)[0]
 
 
 class TensorInfo:
@@ -381,6 +398,8 @@ class TensorInfo:
 
     def text(self, storage_bytes: int) -> str:
         size = format_bytes(self.nbytes)
+        if self.dtype == "bytes":  # a storage object, no tensor
+            return f"{self.kind} on {self.device}, {format_bytes(storage_bytes or self.nbytes)}"
         base = f"{self.kind} {self.dtype}{self.shape} on {self.device}, {size}"
         if self.nbytes < storage_bytes:
             base += f", view of a {format_bytes(storage_bytes)} storage"

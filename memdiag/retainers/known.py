@@ -78,13 +78,6 @@ DEFAULT_KNOWN: tuple[KnownRetention, ...] = (
         "deleted or reset()",
     ),
     KnownRetention(
-        "CUDA graph memory pool",
-        "*",
-        "static inputs and outputs of a live CUDA graph stay allocated while the graph "
-        "lives; delete the graph or call reset()",
-        chain_pattern="*CUDAGraph*",
-    ),
-    KnownRetention(
         "NCCL / process-group buffers",
         "torch.distributed.*",
         "process groups keep communication buffers until destroy_process_group()",

@@ -23,6 +23,7 @@ from fnmatch import fnmatchcase
 
 from memdiag.retainers.describe import (
     dict_items,
+    frame_locals,
     frame_text,
     func_name,
     instance_dict,
@@ -72,10 +73,13 @@ def own_frame_ids() -> set[int]:
     """Ids of this analysis' frames on the current stack (never roots or parents)."""
     ids: set[int] = set()
     frame: types.FrameType | None = sys._getframe(1)
-    while frame is not None:
-        if _is_own(frame):
-            ids.add(id(frame))
-        frame = frame.f_back
+    try:
+        while frame is not None:
+            if _is_own(frame):
+                ids.add(id(frame))
+            frame = frame.f_back
+    finally:
+        del frame
     return ids
 
 
@@ -91,22 +95,30 @@ def capture_threads() -> tuple[ThreadStack, ...]:
         if ident is not None and type(name) is str:
             names[ident] = name
     stacks = []
-    for ident, top in sys._current_frames().items():
-        frames = []
-        frame: types.FrameType | None = top
-        while frame is not None:
-            if not _is_own(frame):
-                frames.append(frame)
-            frame = frame.f_back
-        if frames:
-            stacks.append(ThreadStack(names.get(ident, f"thread {ident}"), ident, tuple(frames)))
+    current = sys._current_frames()
+    frame: types.FrameType | None = None
+    try:
+        for ident in list(current):
+            frames = []
+            frame = current[ident]
+            while frame is not None:
+                if not _is_own(frame):
+                    frames.append(frame)
+                frame = frame.f_back
+            if frames:
+                name = names.get(ident, f"thread {ident}")
+                stacks.append(ThreadStack(name, ident, tuple(frames)))
+    finally:
+        # This frame is among ``current``: drop the references that would make it,
+        # and every frame it reaches, a cycle outliving the call.
+        current.clear()
+        del current, frame
     return tuple(stacks)
 
 
 def _frame_referents(frame: types.FrameType) -> Callable[[], Iterable[object]]:
     def referents() -> Iterable[object]:
-        local_vars = frame.f_locals
-        values = list(dict.values(local_vars)) if is_a(local_vars, dict) else []
+        values = [value for _, value in frame_locals(frame)]
         trace = frame.f_trace
         return values + ([trace] if trace is not None else [])
 
@@ -311,11 +323,7 @@ class RootEnv:
         return ordered
 
     def _local_label(self, frame: types.FrameType, child: int) -> str:
-        try:
-            local_vars = frame.f_locals
-        except Exception:  # noqa: BLE001
-            return "(frame)"
-        for key, value in dict_items(local_vars) if is_a(local_vars, dict) else ():
+        for key, value in frame_locals(frame):
             if id(value) == child:
                 return f"local {key_text(key)}"
         return "(frame value stack)"

@@ -242,7 +242,11 @@ def scan_heap(
     """
     search = _Search(objects, extra, targets, holder_types, key_of, root_of, exclude)
     exclude.add(id(search))
-    search.first_pass()
-    search.sweeps()
-    search.graph.complete = search.complete
-    return search.graph
+    try:
+        search.first_pass()
+        search.sweeps()
+        search.graph.complete = search.complete
+        return search.graph
+    finally:
+        search.kept.clear()
+        search.override.clear()

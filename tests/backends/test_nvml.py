@@ -302,7 +302,7 @@ def test_reading_attributes_the_process_tree(
     ]
     names = {p.pid: p.name for p in reading.processes}
     assert names[child.pid].endswith("-c import time; time.sleep(30)")
-    assert names[stranger] != ""
+    assert names[stranger] == ""  # only the tree's processes are named (keeps reads cheap)
     assert names[ghost] == ""
     assert reading.extra["own_used"] == 50 * MiB
     assert {me, child.pid} <= set(reading.extra["tree_pids"])

@@ -41,10 +41,10 @@ class _Record:
         self.index = index
         self.name = f"record-{index}"
         self.tags = [index, index + 1]
-        self.meta = {"index": index, "parent": None}
+        self.meta: dict[str, object] = {"index": index, "parent": None}
 
 
-def _fill(module: types.ModuleType, objects: int) -> None:
+def _fill(module: Any, objects: int) -> None:
     """Grow the heap to about ``objects`` gc objects: records, dicts, lists, closures."""
     roots: list[object] = []
     module.roots = roots
@@ -70,7 +70,7 @@ def _supports_kw(fn: Callable[..., Any], kw: str) -> bool:
     return kw in getattr(fn, "__name__", "")
 
 
-def _leak(module: types.ModuleType) -> dict[int, int]:
+def _leak(module: Any) -> dict[int, int]:
     """1,000 tensors behind an lru_cache, 10 behind three other roots."""
     import torch
 
@@ -155,7 +155,7 @@ def _peak_bytes(targets: dict[int, int]) -> int:
 
 def _objgraph_time(sample: int, budget_s: float) -> tuple[float, int]:
     """Seconds per tensor of ``objgraph.find_backref_chain`` over a timed sample."""
-    import objgraph
+    import objgraph  # type: ignore[import-untyped]
     import torch
 
     tensors = [o for o in gc.get_objects() if type(o) is torch.nn.Parameter][:sample]
@@ -172,14 +172,28 @@ def _objgraph_time(sample: int, budget_s: float) -> tuple[float, int]:
 
 
 def run(
-    objects: int, objgraph_sample: int = 20, objgraph_budget_s: float = 600.0
+    objects: int,
+    objgraph_sample: int = 20,
+    objgraph_budget_s: float = 600.0,
+    *,
+    repeats: int = 3,
+    memory: bool = True,
 ) -> dict[str, Any]:
-    """Build the heap, measure, and return the figures (also used by a smoke test)."""
+    """Build the heap, measure, and return the figures (also used by a smoke test).
+
+    Bare pass and analysis alternate ``repeats`` times and the fastest of each counts,
+    so a busy machine skews both alike.
+    """
     with _heap(objects) as targets:
         heap = len(gc.get_objects())
-        bare = min(_bare_pass() for _ in range(3))
-        analysis, report = min((_analysis(targets) for _ in range(2)), key=lambda r: r[0])
-        peak = _peak_bytes(targets)
+        bares: list[float] = []
+        runs: list[tuple[float, RetainerReport]] = []
+        for _ in range(repeats):
+            bares.append(_bare_pass())
+            runs.append(_analysis(targets))
+        bare = min(bares)
+        analysis, report = min(runs, key=lambda r: r[0])
+        peak = _peak_bytes(targets) if memory else 0
         per_tensor, sampled = (0.0, 0)
         if objgraph_sample:
             per_tensor, sampled = _objgraph_time(objgraph_sample, objgraph_budget_s)

@@ -5,17 +5,12 @@ inline run would keep the leaked tensors (and any freeze) in this process."""
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-
-
-@pytest.fixture(autouse=True)
-def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Short-summary lines are cut at the terminal width; the subprocess inherits this."""
-    monkeypatch.setenv("COLUMNS", "300")
+pytestmark = pytest.mark.skipif(find_spec("torch") is None, reason="needs torch")
 
 CORE = """
 import functools
@@ -57,18 +52,19 @@ def test_phases(gpu_leak_tracker):
 """
 
 
-@pytest.fixture
-def core_run(pytester: pytest.Pytester) -> tuple[pytest.RunResult, Path]:
+def test_leaks_clean_and_own_failures(pytester: pytest.Pytester) -> None:
+    """One subprocess run (a torch import is slow), three aspects of its output."""
     pytester.makepyfile(test_core=CORE)
     report = pytester.path / "leaks.json"
     result = pytester.runpytest_subprocess(
-        "--gpu-leak-check", "--gpu-leak-settle=0", f"--gpu-leak-json={report}", "-p", "no:cacheprovider"
+        "--gpu-leak-check", "--gpu-leak-settle=0", f"--gpu-leak-json={report}"
     )
-    return result, report
+    _leaks_fail_culprit_named_clean_passes(result)
+    _own_failure_and_leak_are_reported_apart(result)
+    _summary_groups_by_signature_and_json_report(result, report)
 
 
-def test_leaks_fail_culprit_named_clean_passes(core_run: tuple[pytest.RunResult, Path]) -> None:
-    result, report = core_run
+def _leaks_fail_culprit_named_clean_passes(result: pytest.RunResult) -> None:
     result.assert_outcomes(passed=3, failed=4, errors=1)
     result.stdout.fnmatch_lines(
         [
@@ -85,12 +81,13 @@ def test_leaks_fail_culprit_named_clean_passes(core_run: tuple[pytest.RunResult,
             "*- memdiag leak report -*",
         ]
     )
-    result.stdout.fnmatch_lines(["memdiag: cpu: 2.0 MiB *held by lru_cache of test_core.cached_buffer*"])
+    result.stdout.fnmatch_lines(
+        ["memdiag: cpu: 2.0 MiB *held by lru_cache of test_core.cached_buffer*"]
+    )
     assert "test_clean -" not in result.stdout.str()
 
 
-def test_own_failure_and_leak_are_reported_apart(core_run: tuple[pytest.RunResult, Path]) -> None:
-    result, _ = core_run
+def _own_failure_and_leak_are_reported_apart(result: pytest.RunResult) -> None:
     result.stdout.fnmatch_lines(
         [
             "*short test summary info*",
@@ -105,10 +102,7 @@ def test_own_failure_and_leak_are_reported_apart(core_run: tuple[pytest.RunResul
     assert "ERROR test_core.py::test_fails_clean" not in result.stdout.str()
 
 
-def test_summary_groups_by_signature_and_json_report(
-    core_run: tuple[pytest.RunResult, Path],
-) -> None:
-    result, report = core_run
+def _summary_groups_by_signature_and_json_report(result: pytest.RunResult, report: Path) -> None:
     result.stdout.fnmatch_lines(
         [
             "*= memdiag leak check =*",

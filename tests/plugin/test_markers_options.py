@@ -104,7 +104,8 @@ def test_unmarked(gpu_leak_tracker):
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "memdiag: checked 1 tests (fake:0; function scope, marked tests only): 0 clean, 1 leaking",
+            "memdiag: checked 1 tests (fake:0; function scope, marked tests only): "
+            "0 clean, 1 leaking",
             "FAILED test_optin.py::test_marked_leak - memdiag: fake:0: 8.0 MiB over baseline*",
         ]
     )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import pytest
 
-pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(find_spec("torch") is None, reason="needs torch")
 
 ENGINES = """
 import pytest, torch
@@ -77,9 +79,8 @@ def test_wider_fixtures_are_not_blamed_on_tests(pytester: pytest.Pytester) -> No
 
 
 def test_module_scope_blames_the_fixture_that_kept_its_memory(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester,
 ) -> None:
-    monkeypatch.setenv("COLUMNS", "300")
     pytester.makepyfile(test_engines=ENGINES, test_leaky=LEAKY)
     result = pytester.runpytest_subprocess(
         "--gpu-leak-check", "--gpu-leak-scope=module", "--gpu-leak-settle=0", "-p", "no:randomly"
@@ -93,4 +94,6 @@ def test_module_scope_blames_the_fixture_that_kept_its_memory(
             "module-scoped fixture 'leaky_engine' of test_leaky.py",
         ]
     )
-    result.stdout.fnmatch_lines(["memdiag: checked 2 scopes (cpu; module scope, *): 1 clean, 1 leaking"])
+    result.stdout.fnmatch_lines(
+        ["memdiag: checked 2 scopes (cpu; module scope, *): 1 clean, 1 leaking"]
+    )

@@ -1,25 +1,15 @@
-"""Helpers for the retainer tests: real leaks, registered in a real throwaway module."""
+"""Fixtures for the retainer tests: a real, throwaway module to leak into."""
 
 from __future__ import annotations
 
 import itertools
 import sys
 import types
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
 _COUNTER = itertools.count()
-
-
-def targets_of(tensors: Iterable[Any]) -> dict[int, int]:
-    """Storage key -> storage bytes, as the tracker computes them."""
-    out: dict[int, int] = {}
-    for tensor in tensors:
-        storage = tensor.untyped_storage()
-        out[storage._cdata] = storage.nbytes()
-    return out
 
 
 @pytest.fixture

@@ -1,0 +1,85 @@
+"""Merge the reports of several ranks or workers into one."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, CliError
+from memdiag.merge import RankRow, ReportError, load_reports, merge_results, rank_rows
+from memdiag.report.json_report import write_json
+from memdiag.report.terminal import render_terminal
+from memdiag.units import format_bytes
+
+__all__ = ["COMMAND"]
+
+
+def _rank_table(rows: list[RankRow]) -> Table:
+    table = Table(title="per process", title_justify="left", expand=False, pad_edge=False)
+    for column in ("rank", "pid", "leaked", "top finding"):
+        table.add_column(column, justify="right" if column in ("rank", "pid") else "left")
+    for row in rows:
+        table.add_row(
+            "-" if row.rank is None else str(row.rank),
+            "-" if row.pid is None else str(row.pid),
+            format_bytes(row.leaked_bytes) if row.leaked else "no",
+            row.top,
+        )
+    return table
+
+
+class MergeCommand:
+    """Merge per-rank or per-worker JSON reports into one; exit 1 if any of them leaked.
+
+    Each PATH is a report or a directory of reports (*.json): `memdiag run --json
+    out.json` under torchrun writes out.rank0.json, out.rank1.json...; workers under
+    memdiag.agent write memdiag-PID.json.  Prints a table per rank (rank, pid, leaked
+    bytes, top finding), then every finding labelled with its rank or worker.
+
+    Exit codes: 0 no rank leaked; 1 a rank leaked; 2 no reports, or a file that is
+    not a memdiag report.
+    """
+
+    name = "merge"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("paths", nargs="+", metavar="DIR_OR_FILE", help="reports to merge")
+        parser.add_argument("--json", metavar="PATH", help="write the merged report as JSON")
+        parser.add_argument("-v", "--verbose", action="count", default=0, help="show more detail")
+
+    def run(self, args: argparse.Namespace) -> int:
+        try:
+            reports = load_reports(args.paths)
+        except ReportError as exc:
+            raise CliError(str(exc)) from None
+        if not reports:
+            raise CliError(f"no memdiag reports (*.json) found in {', '.join(args.paths)}")
+        result = merge_results(reports)
+        rows = rank_rows(reports)
+        console = Console(highlight=False)
+        if args.verbose:
+            render_terminal(result, console, verbosity=args.verbose - 1)
+        else:
+            for finding in result.findings:
+                label = "LEAK" if finding.is_leak else "note"
+                console.print(f"{label} [{finding.kind.title}] {finding.headline()}", markup=False)
+                for group in finding.retainers[:3]:
+                    console.print(f"    held by: {group.get('chain_text', '')}", markup=False)
+        console.print(_rank_table(rows))
+        leaked = [row for row in rows if row.leaked]
+        if leaked:
+            names = ", ".join(row.label for row in leaked)
+            console.print(f"LEAK: {len(leaked)} of {len(rows)} processes leaked: {names}")
+        else:
+            console.print(f"OK: memory came back in all {len(rows)} processes")
+        if args.json:
+            try:
+                write_json(result, args.json, merged=[row.to_json() for row in rows])
+            except OSError as exc:
+                raise CliError(f"cannot write --json {args.json}: {exc.strerror}") from None
+        return EXIT_LEAK if result.leaked else EXIT_OK
+
+
+COMMAND = MergeCommand()

@@ -1,0 +1,155 @@
+"""Compare two runs of the same program (base branch vs PR): per device, the leaked
+bytes and the peak allocated bytes, and whether the head run is worse than the base
+run beyond a tolerance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TextIO
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from memdiag.report.facts import leaked_bytes, peak_bytes
+from memdiag.result import CheckResult
+from memdiag.units import format_bytes
+
+__all__ = ["Comparison", "DeviceComparison", "compare"]
+
+
+@dataclass(frozen=True)
+class DeviceComparison:
+    """One device in both runs; ``None`` where a run did not see the device or the value.
+
+    ``leaked`` is what each run called leaked (findings over its tolerance); ``peak``
+    the highest allocated bytes of the run (phase peaks, else phase-end readings)."""
+
+    device: str
+    base_leaked: int | None
+    head_leaked: int | None
+    base_peak: int | None
+    head_peak: int | None
+    tolerance: int
+
+    @staticmethod
+    def _change(base: int | None, head: int | None) -> int | None:
+        return None if base is None or head is None else head - base
+
+    @property
+    def leaked_change(self) -> int | None:
+        return self._change(self.base_leaked, self.head_leaked)
+
+    @property
+    def peak_change(self) -> int | None:
+        return self._change(self.base_peak, self.head_peak)
+
+    def reasons(self) -> list[str]:
+        """Why the head run is worse on this device, with the numbers; empty if it is not."""
+        out = []
+        grown = self.leaked_change
+        if grown is not None and grown > self.tolerance:
+            out.append(
+                f"{self.device}: head leaks {format_bytes(grown)} more than base "
+                f"({format_bytes(self.base_leaked or 0)} -> {format_bytes(self.head_leaked or 0)}, "
+                f"tolerance {format_bytes(self.tolerance)})"
+            )
+        higher = self.peak_change
+        if higher is not None and higher > self.tolerance:
+            out.append(
+                f"{self.device}: head peaks {format_bytes(higher)} higher than base "
+                f"({format_bytes(self.base_peak or 0)} -> {format_bytes(self.head_peak or 0)}, "
+                f"tolerance {format_bytes(self.tolerance)})"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class Comparison:
+    devices: tuple[DeviceComparison, ...]
+    tolerance: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def worse(self) -> bool:
+        return any(d.reasons() for d in self.devices)
+
+    def reasons(self) -> list[str]:
+        return [reason for d in self.devices for reason in d.reasons()]
+
+    def table(self) -> Table:
+        table = Table(
+            title=f"base vs head (tolerance {format_bytes(self.tolerance)})",
+            title_justify="left",
+            title_style="bold",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+        )
+        table.add_column("device")
+        for column in ("base leaked", "head leaked", "change", "base peak", "head peak", "change"):
+            table.add_column(column, justify="right", no_wrap=True)
+
+        def b(value: int | None, *, signed: bool = False) -> str:
+            return "-" if value is None else format_bytes(value, signed=signed)
+
+        for d in self.devices:
+            table.add_row(
+                d.device,
+                b(d.base_leaked),
+                b(d.head_leaked),
+                b(d.leaked_change, signed=True),
+                b(d.base_peak),
+                b(d.head_peak),
+                b(d.peak_change, signed=True),
+                style="red" if d.reasons() else None,
+            )
+        return table
+
+    def render_to(self, console: Console) -> None:
+        console.print(self.table())
+        for note in self.notes:
+            console.print(Text(f"note: {note}", style="dim"))
+        for reason in self.reasons():
+            console.print(Text(f"worse: {reason}", style="red"))
+        if self.worse:
+            count = sum(1 for d in self.devices if d.reasons())
+            console.print(
+                Text(f"FAIL: head is worse than base on {count} device(s)", style="bold red")
+            )
+        else:
+            console.print(
+                Text(
+                    f"OK: head is not worse than base on {len(self.devices)} device(s) "
+                    f"(tolerance {format_bytes(self.tolerance)})",
+                    style="bold green",
+                )
+            )
+
+    def render(self, file: TextIO) -> None:
+        self.render_to(Console(file=file, highlight=False))
+
+
+def compare(base: CheckResult, head: CheckResult, *, tolerance: int) -> Comparison:
+    """Every device of either run; a device only one run saw is shown, never failed."""
+    base_devices = [d.device for d in base.devices]
+    head_devices = [d.device for d in head.devices]
+    order = base_devices + [d for d in head_devices if d not in base_devices]
+    rows = []
+    notes = []
+    for device in order:
+        in_base, in_head = device in base_devices, device in head_devices
+        if not (in_base and in_head):
+            notes.append(f"{device} is only in the {'base' if in_base else 'head'} run")
+        rows.append(
+            DeviceComparison(
+                device=device,
+                base_leaked=leaked_bytes(base, device) if in_base else None,
+                head_leaked=leaked_bytes(head, device) if in_head else None,
+                base_peak=peak_bytes(base, device) if in_base else None,
+                head_peak=peak_bytes(head, device) if in_head else None,
+                tolerance=tolerance,
+            )
+        )
+    return Comparison(tuple(rows), tolerance, tuple(notes))

@@ -1,0 +1,92 @@
+"""JUnit XML report for CI systems: one test case per device, failed when the device
+has a leak, with the findings as the failure's text (the same blocks the terminal
+shows, as plain text) and the notes on ``system-out``."""
+
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+from typing import TextIO
+
+from rich.console import Console
+
+from memdiag.findings import Finding
+from memdiag.report.facts import ordered_findings
+from memdiag.report.terminal import finding_block
+from memdiag.result import CheckResult
+
+__all__ = ["JunitReport"]
+
+
+def _plain(findings: list[Finding], verbosity: int) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, color_system=None, highlight=False)
+    for finding in findings:
+        console.print(finding_block(finding, verbosity))
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+class JunitReport:
+    """One ``<testsuite>``; a ``<testcase>`` per device named ``<device>: memory came back``.
+
+    ``suite`` names the suite and the test cases' ``classname`` (``memdiag.<suite>``),
+    e.g. the script's name, so that CI systems group runs of one engine together."""
+
+    def __init__(self, result: CheckResult, *, suite: str = "memdiag", verbosity: int = 1) -> None:
+        self.result = result
+        self.suite = suite
+        self.verbosity = verbosity
+
+    def tree(self) -> ET.ElementTree[ET.Element]:
+        result = self.result
+        findings = ordered_findings(result)
+        devices = [d.device for d in result.devices] or ["(no device)"]
+        failed = {f.device for f in findings if f.is_leak}
+        elapsed = f"{result.elapsed_s:.3f}"
+        root = ET.Element(
+            "testsuites",
+            name="memdiag",
+            tests=str(len(devices)),
+            failures=str(len(failed)),
+            errors="0",
+            time=elapsed,
+        )
+        suite = ET.SubElement(
+            root,
+            "testsuite",
+            name=self.suite,
+            tests=str(len(devices)),
+            failures=str(len(failed)),
+            errors="0",
+            skipped="0",
+            time=elapsed,
+        )
+        if result.notices:
+            props = ET.SubElement(suite, "properties")
+            for notice in result.notices:
+                ET.SubElement(props, "property", name="notice", value=notice)
+        for device in devices:
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=f"memdiag.{self.suite}",
+                name=f"{device}: memory came back",
+                time=elapsed,
+            )
+            leaks = [f for f in findings if f.device == device and f.is_leak]
+            notes = [f for f in findings if f.device == device and not f.is_leak]
+            if leaks:
+                top = leaks[0]
+                failure = ET.SubElement(
+                    case, "failure", message=top.headline(), type=top.kind.value
+                )
+                failure.text = _plain(leaks, self.verbosity)
+            if notes:
+                ET.SubElement(case, "system-out").text = _plain(notes, self.verbosity)
+        ET.indent(root)
+        return ET.ElementTree(root)
+
+    def render(self, file: TextIO) -> None:
+        file.write('<?xml version="1.0" encoding="utf-8"?>\n')
+        self.tree().write(file, encoding="unicode")
+        file.write("\n")
