@@ -115,7 +115,9 @@ class CheckResult:
             return f"memory came back {how} on {names}".replace("  ", " ")
         top = max(self.leaks, key=lambda f: f.nbytes)
         total = sum(f.nbytes for f in self.leaks)
-        line = f"{format_bytes(total)} leaked; top: {top.headline()}"
+        # Process groups and CPU workers carry no device bytes: say what leaked instead.
+        amount = f"{format_bytes(total)} leaked" if total else f"{len(self.leaks)} leak(s)"
+        line = f"{amount}; top: {top.headline()}"
         if top.retainers:
             chain = top.retainers[0].get("chain_text")
             if chain:

@@ -25,6 +25,7 @@ from typing import Any
 from memdiag.backends.base import BackendUnavailable
 from memdiag.backends.registry import Selection, select
 from memdiag.census import Census, StorageLedger, take_census
+from memdiag.classify import Assessment, assess, classify
 from memdiag.distributed import (
     GroupState,
     ProcessWatch,
@@ -33,7 +34,6 @@ from memdiag.distributed import (
     without_covered_processes,
 )
 from memdiag.merge import WorkerReportDir
-from memdiag.classify import Assessment, assess, classify
 from memdiag.readings import DeviceReading
 from memdiag.result import CheckResult, DeviceCheck, PhaseRecord
 from memdiag.units import Tolerance

@@ -64,6 +64,12 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-analysis", action="store_true", help="skip the retainer analysis on a leak"
     )
+    parser.add_argument(
+        "--worker-reports",
+        action="store_true",
+        help="merge the reports of child processes that call memdiag.agent.install() "
+        "(or run under `python -m memdiag.agent`)",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="show more detail")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 
 from rich.console import Console
@@ -17,7 +18,9 @@ from memdiag.cli.options import (
     tolerances_from,
     write_reports,
 )
+from memdiag.distributed import rank_info, rank_json_path
 from memdiag.report.json_report import write_json
+from memdiag.report.progress import status
 from memdiag.report.terminal import render_terminal
 from memdiag.runner import ScriptNotFound, run_script
 from memdiag.tracker import Tracker
@@ -36,6 +39,9 @@ class RunCommand:
     timeline), --junit (a test case per device); in GitHub Actions, annotations
     point at the leak's allocation site or its retainer's definition.
 
+    Under torchrun (RANK/WORLD_SIZE set) every rank checks itself and writes its own
+    reports (out.json -> out.rank1.json); `memdiag merge` combines them.
+
     Exit codes: 0 memory came back; 1 leak (also when the script failed);
     2 usage error; 3 the script failed (exception or non-zero exit) but memory came
     back; 4 memdiag's own internal error.
@@ -52,6 +58,11 @@ class RunCommand:
         if args.settle < 0:
             raise CliError(f"--settle must be 0 or more seconds, not {args.settle}")
         tolerance = tolerances_from(args.tolerance)
+        rank = rank_info()
+        if rank is not None:
+            for option in ("json", "html", "junit"):
+                if getattr(args, option, None):
+                    setattr(args, option, str(rank_json_path(getattr(args, option), rank)))
         check_output_paths(args)
         try:
             tracker = Tracker(
@@ -60,6 +71,7 @@ class RunCommand:
                 settle=args.settle,
                 analyze=not args.no_analysis,
                 record_alloc_stacks=args.alloc_stacks,
+                worker_reports=args.worker_reports,
                 name=args.script,
             )
             tracker.start()
@@ -74,11 +86,14 @@ class RunCommand:
                 raise CliError(str(exc)) from None
             sys.stdout.flush()
             gc.collect()
-            result = tracker.check()
+            with status(f"memdiag: checking device memory (settle up to {args.settle:g} s)"):
+                result = tracker.check()
         finally:
             if script_run is not None:
                 script_run.release()
             tracker.close()
+        if rank is not None:
+            console.print(f"memdiag: rank {rank.rank} of {rank.world_size} (pid {os.getpid()})")
         render_terminal(result, console, verbosity=args.verbose)
         if script_run.failed:
             console.print(f"script failed: {script_run.failure} (exit code {script_run.exit_code})")
@@ -89,6 +104,7 @@ class RunCommand:
                     args.json,
                     script=str(args.script),
                     script_exit_code=script_run.exit_code,
+                    **(rank.to_json() if rank is not None else {}),
                 )
             except OSError as exc:
                 raise CliError(f"cannot write --json {args.json}: {exc.strerror}") from None

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-TOY = ROOT / "examples" / "toy_engine.py"
-
-
-def run_memdiag(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m memdiag ARGS`` in a fresh process, GitHub Actions switched off."""
-    env = {k: v for k, v in __import__("os").environ.items() if k != "GITHUB_ACTIONS"}
-    return subprocess.run(
-        [sys.executable, "-m", "memdiag", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd or ROOT,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+from tests.report.runs import TOY, run_memdiag
 
 
 @pytest.fixture(scope="session")

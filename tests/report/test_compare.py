@@ -12,7 +12,7 @@ from memdiag.cli import main
 from memdiag.readings import DeviceReading
 from memdiag.report.compare import compare
 from memdiag.result import CheckResult, PhaseRecord
-from tests.report.conftest import run_memdiag
+from tests.report.runs import run_memdiag
 from tests.report.sample import sample_result
 
 MiB = 1024**2
