@@ -155,3 +155,28 @@ def test_merge_of_clean_reports_passes_and_bad_input_is_a_usage_error(
     assert "notes.json is not a memdiag JSON report" in capsys.readouterr().err
     assert main(["merge", str(tmp_path / "empty")]) == 2
     assert "report not found" in capsys.readouterr().err
+
+
+def test_torchrun_memdiag_run_writes_one_report_per_rank(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The documented form: `torchrun ... -m memdiag run --json out.json script.py`."""
+    script = tmp_path / "engine.py"
+    script.write_text(RANKED_ENGINE)
+    out = tmp_path / "out.json"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launch += ["--nproc-per-node", "2", "-m", "memdiag", "run", "--device", "cpu"]
+    done = subprocess.run(
+        [*launch, "--json", str(out), str(script)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode != 0  # rank 1 exits 1: torchrun reports the failed rank
+    assert "rank 1 of 2" in done.stderr
+    rank0, rank1 = tmp_path / "out.rank0.json", tmp_path / "out.rank1.json"
+    assert not json.loads(rank0.read_text())["leaked"]
+    assert json.loads(rank1.read_text())["leaked"]
+    assert main(["merge", str(rank0), str(rank1)]) == 1
+    assert "rank 1 (pid" in capsys.readouterr().out
