@@ -37,16 +37,30 @@ def attach_retainers(
     except Exception as exc:  # noqa: BLE001 - the verdict stands without the chains
         return list(findings), {}, [f"retainer analysis failed: {type(exc).__name__}: {exc}"]
     out: list[Finding] = []
+    every = report.groups + report.unrooted + report.ignored
     for finding in findings:
         keys = {key for key, _, _ in finding.storages}
-        groups = tuple(
-            group.to_json() for group in report.groups if keys.intersection(group.storage_keys)
-        )
-        out.append(dataclasses.replace(finding, retainers=groups) if groups else finding)
+        mine = [g for g in every if keys.intersection(g.storage_keys)]
+        if not mine:
+            out.append(finding)
+            continue
+        mine.sort(key=lambda g: g.retained_bytes, reverse=True)
+        updated = dataclasses.replace(finding, retainers=tuple(g.to_json() for g in mine))
+        excused = [g for g in mine if g.known is not None or g in report.ignored]
+        if finding.is_leak and len(excused) == len(mine):
+            # Every byte is framework retention or matched an ignore rule: named, not blamed.
+            reasons = sorted({g.known or "an ignore rule" for g in excused})
+            updated = dataclasses.replace(
+                updated,
+                is_leak=False,
+                message=f"{finding.message}; kept by {', '.join(reasons)}, not the program",
+            )
+        out.append(updated)
     analysis = {
         "heap_objects": report.heap_objects,
         "elapsed_s": report.elapsed_s,
         "notes": list(report.notes),
-        "unrooted": [u.to_json() if hasattr(u, "to_json") else u for u in report.unrooted],
+        "target_bytes": report.target_bytes,
+        "explained_bytes": report.explained_bytes,
     }
     return out, analysis, notices

@@ -117,12 +117,13 @@ class CheckResult:
         total = sum(f.nbytes for f in self.leaks)
         # Process groups and CPU workers carry no device bytes: say what leaked instead.
         amount = f"{format_bytes(total)} leaked" if total else f"{len(self.leaks)} leak(s)"
-        line = f"{amount}; top: {top.headline()}"
-        if top.retainers:
-            chain = top.retainers[0].get("chain_text")
-            if chain:
-                line += f"; held by {chain}"
-        return line
+        chain = top.retainers[0].get("chain_text") if top.retainers else None
+        if chain:
+            return (
+                f"{amount}; top: {format_bytes(top.nbytes)} of {top.kind.title} on "
+                f"{top.device}, held by {chain}"
+            )
+        return f"{amount}; top: {top.headline()}"
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -240,11 +240,10 @@ def test_clean(gpu_leak_tracker):
     assert leak["memdiag_leaked"] == "true"
     assert leak["memdiag_bytes"] == str(8 * 1024**2)
     assert leak["memdiag_summary"].startswith("memdiag: fake:0: 8.0 MiB over baseline")
-    assert clean == {
-        "memdiag_leaked": "false",
-        "memdiag_bytes": "0",
-        "memdiag_summary": "memory came back at once on fake:0",
-    }
+    assert (clean["memdiag_leaked"], clean["memdiag_bytes"]) == ("false", "0")
+    # "at once", or "after settling N s" when a stray child process made the check wait
+    assert clean["memdiag_summary"].startswith("memory came back")
+    assert clean["memdiag_summary"].endswith("on fake:0")
     failure = cases["test_leak"].find("failure")
     assert failure is not None
     assert failure.get("message", "").startswith("memdiag: fake:0: 8.0 MiB over baseline")
