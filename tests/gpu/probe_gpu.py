@@ -192,8 +192,6 @@ def examples() -> None:
                 chain = f["retainers"][0]["chain_text"] if f["retainers"] else ""
                 top = f"{f['kind']} {f['bytes'] / MiB:.1f} MiB {chain[:90]}"
             top += f" notes={notes}"
-            if os.environ.get("OUT"):
-                (Path(os.environ["OUT"]) / out.name).write_text(out.read_text())
             out.unlink()
         ROWS.append((f"memdiag run toy_engine {bug}", f"exit {proc.returncode} ({dt:.1f}s) {top}"))
 
@@ -203,7 +201,9 @@ def cheap_path_cost() -> None:
         import gc, json, statistics, time, torch
         from memdiag.tracker import Tracker
         from memdiag.census import StorageLedger
+        from memdiag.backends.registry import select
         torch.zeros(1, device="cuda")
+        sel = select("cuda")  # built once, as the pytest plugin does
         ledger = StorageLedger(); ledger.refresh()
         model = [torch.randn(1024, 1024, device="cuda") for _ in range(200)]  # a realistic heap
         junk = [dict(a=i, b=[i]) for i in range(300_000)]
@@ -212,7 +212,7 @@ def cheap_path_cost() -> None:
         checks, starts, alt = [], [], []
         for i in range(300):
             t0 = time.perf_counter()
-            tr = Tracker(device="cuda", settle=0.0, ledger=ledger, collect_at_start=False).start()
+            tr = Tracker(device=sel, settle=0.0, ledger=ledger, collect_at_start=False).start()
             t1 = time.perf_counter()
             one(tr)
             t2 = time.perf_counter(); res = tr.check(); t3 = time.perf_counter(); tr.close()
@@ -240,14 +240,32 @@ def cheap_path_cost() -> None:
     )
 
 
+def alloc_stacks() -> None:
+    out = ROOT / "stacks.json"
+    cmd = [sys.executable, "-m", "memdiag", "run", "--alloc-stacks", "--json", str(out)]
+    cmd += ["examples/toy_engine.py", "--device", "cuda", "--bug", "rope_cache"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300, cwd=ROOT)
+    print("--- alloc stacks:", proc.returncode, proc.stderr[-3000:])
+    sites = []
+    if out.exists():
+        data = json.loads(out.read_text())
+        sites = [g.get("alloc_site") for f in data["findings"] for g in f["retainers"]]
+        out.unlink()
+    ROWS.append(("--alloc-stacks rope_cache: exit / sites", f"{proc.returncode} / {sites}"))
+
+
 def main() -> None:
+    wanted = set(sys.argv[1:])
     for probe in (
         context_and_counters,
         cublas_and_lazy_modules,
         fork_safety,
         cheap_path_cost,
+        alloc_stacks,
         examples,
     ):
+        if wanted and probe.__name__ not in wanted:
+            continue
         t0 = time.perf_counter()
         try:
             probe()

@@ -56,11 +56,21 @@ def test_lru_cache_of_a_bound_method_keeps_cuda_weights() -> None:
     result = tracker.check()
     tracker.close()
     _supports_kw.cache_clear()
-    assert result.leaked
+    assert result.leaked, (result.summary(), result.findings)
     leak = result.leaks[0]
     assert leak.kind is FindingKind.LIVE_TENSORS
     assert leak.nbytes >= 2048 * 2048 * 4
     del model
+
+
+def test_a_cublas_workspace_alive_at_baseline_cannot_hide_a_leak() -> None:
+    (torch.ones(64, 64, device="cuda") @ torch.ones(64, 64, device="cuda")).sum().item()
+    keep = []
+    with memdiag.track(device="cuda:0", settle=0.2) as tracker:
+        keep.append(torch.empty(24 * MiB, dtype=torch.uint8, device="cuda"))
+    assert tracker.result is not None and tracker.result.leaked, tracker.result.summary()
+    assert tracker.result.leaks[0].nbytes == 24 * MiB
+    del keep
 
 
 def test_cublas_workspace_is_not_a_leak() -> None:
