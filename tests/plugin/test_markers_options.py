@@ -222,7 +222,7 @@ def test_bad_values_are_usage_errors(pytester: pytest.Pytester, option: str, mes
 
 def test_junit_xml_has_the_properties(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
-        test_junit=FAKE
+        test_junit_props=FAKE
         + """
 def test_leak(gpu_leak_tracker):
     fake(gpu_leak_tracker).allocate("fake:0", 8 * MiB)
