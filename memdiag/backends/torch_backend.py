@@ -124,7 +124,10 @@ class TorchBackend:
         if not self.initialized():
             return
         module = self._module()
-        module.synchronize(index)
+        # Synchronising a device switches to it and would create a context (hundreds
+        # of MiB) on a GPU the program never used: only touch devices the allocator uses.
+        if module.memory_stats(index).get("reserved_bytes.all.current", 0):
+            module.synchronize(index)
         torch_c = getattr(sys.modules.get("torch"), "_C", None)
         for name in ("_cuda_clearCublasWorkspaces",):
             clear = getattr(torch_c, name, None)
