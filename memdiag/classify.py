@@ -118,7 +118,11 @@ def _outside(
     now = reading.outside_torch
     if now is None:
         return None, None
-    created = base.extra.get("initialized") is False and reading.extra.get("initialized")
+    # A device context appears when the program first uses the device: torch was not
+    # initialised at baseline, or the driver charged nothing to this process there.
+    created = (
+        base.extra.get("initialized") is False or base.extra.get("own_used") == 0
+    ) and bool(reading.extra.get("initialized", True))
     if not created:
         then = base.outside_torch
         return (None if then is None else now - then), None
@@ -127,9 +131,9 @@ def _outside(
     floor = now
     for record in phases:
         seen = record.reading(device)
-        if seen is not None and seen.extra.get("initialized"):
+        if seen is not None and seen.extra.get("initialized", True):
             value = seen.outside_torch
-            if value is not None:
+            if value is not None and (seen.extra.get("own_used") or 0) > 0:
                 floor = min(floor, value)
     return now - floor, floor
 

@@ -28,7 +28,8 @@ class DeviceReading:
     - ``active``: allocator blocks in use (may exceed ``allocated`` by rounding).
     - ``peak_allocated`` / ``peak_reserved``: highest values since the last peak reset.
     - ``driver_used`` / ``total``: device-wide, as the driver sees it.
-    - ``process_used``: what the driver charges to this process (NVML / amdsmi).
+    - ``process_used``: what the driver charges to this process and its descendants
+      (NVML / amdsmi); ``extra["own_used"]`` is this process alone.
     - ``processes``: per-process usage of every process on the device the source saw.
     """
 
@@ -66,10 +67,12 @@ class DeviceReading:
 
     @property
     def outside_torch(self) -> int | None:
-        """Driver-charged memory of this process that the torch allocator does not hold."""
-        if self.process_used is None or self.reserved is None:
+        """Driver-charged memory of this process (not its children, which are counted
+        as other processes) that the torch allocator does not hold."""
+        own = self.extra.get("own_used", self.process_used)
+        if own is None or self.reserved is None:
             return None
-        return max(0, self.process_used - self.reserved)
+        return max(0, int(own) - self.reserved)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

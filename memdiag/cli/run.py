@@ -6,6 +6,8 @@ import argparse
 import gc
 import os
 import sys
+import time
+from pathlib import Path
 
 from rich.console import Console
 
@@ -18,7 +20,7 @@ from memdiag.cli.options import (
     tolerances_from,
     write_reports,
 )
-from memdiag.distributed import rank_info, rank_json_path
+from memdiag.distributed import RankInfo, rank_info, rank_json_path
 from memdiag.report.json_report import write_json
 from memdiag.report.progress import status
 from memdiag.report.terminal import render_terminal
@@ -110,9 +112,34 @@ class RunCommand:
                 raise CliError(f"cannot write --json {args.json}: {exc.strerror}") from None
         write_reports(result, args, name=str(args.script))
         emit_annotations(result, main_file=str(args.script), verbosity=args.verbose)
-        if result.leaked:
-            return EXIT_LEAK
-        return EXIT_SCRIPT_FAILED if script_run.failed else EXIT_OK
+        code = (
+            EXIT_LEAK if result.leaked else (EXIT_SCRIPT_FAILED if script_run.failed else EXIT_OK)
+        )
+        if code != EXIT_OK and rank is not None and args.json:
+            _wait_for_other_ranks(args.json, rank, console)
+        return code
+
+
+RANK_WAIT_S = 120.0
+
+
+def _wait_for_other_ranks(json_path: str, rank: RankInfo, console: Console) -> None:
+    """Launchers (torchrun) stop every rank when one exits non-zero: a rank that
+    leaked waits for its siblings' reports first, so `memdiag merge` sees them all."""
+    own = Path(json_path)
+    stem = own.name.replace(f".rank{rank.rank}", ".rank{}")
+    others = [own.with_name(stem.format(r)) for r in range(rank.world_size) if r != rank.rank]
+    missing = [p for p in others if not p.exists()]
+    if not missing:
+        return
+    console.print(
+        f"memdiag: rank {rank.rank} waits up to {RANK_WAIT_S:.0f} s for {len(missing)} other "
+        "rank report(s) before exiting (a launcher stops every rank once one fails)"
+    )
+    deadline = time.monotonic() + RANK_WAIT_S
+    while missing and time.monotonic() < deadline:
+        time.sleep(0.2)
+        missing = [p for p in missing if not p.exists()]
 
 
 COMMAND = RunCommand()

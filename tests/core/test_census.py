@@ -65,8 +65,8 @@ def test_frozen_tensors_are_found_and_the_freeze_state_is_kept() -> None:
     a.other, b.other = b, a  # type: ignore[attr-defined]
     a.tensor = torch.zeros(256, 1024)  # type: ignore[attr-defined]
     key = a.tensor.untyped_storage()._cdata  # type: ignore[attr-defined]
+    gc.freeze()  # frozen while referenced: no collection can win the race
     del a, b
-    gc.freeze()
     try:
         frozen_count = gc.get_freeze_count()
         census = take_census(ledger, ["cpu"])

@@ -18,8 +18,12 @@ class Marker:
 
 @pytest.fixture
 def frozen_marker() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()  # no automatic collection between creating the garbage and freezing it
     Marker("frozen-garbage")  # a self-cycle: garbage, but frozen before collection
     gc.freeze()
+    if enabled:
+        gc.enable()
     try:
         yield
     finally:
