@@ -6,6 +6,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from memdiag.backends.base import Availability, Backend, BackendUnavailable
 
@@ -55,14 +56,20 @@ class Selection:
     notices: tuple[str, ...] = ()
 
     def readers(self, device: str) -> tuple[Backend, ...]:
-        found = []
+        """The backends that read ``device`` (asked once: this is on every reading)."""
+        return self._reader_map.get(device, ())
+
+    @cached_property
+    def _reader_map(self) -> dict[str, tuple[Backend, ...]]:
+        found: dict[str, list[Backend]] = {}
         for backend in self.backends:
             try:
-                if device in backend.devices():
-                    found.append(backend)
+                names = backend.devices()
             except BackendUnavailable:
                 continue
-        return tuple(found)
+            for device in names:
+                found.setdefault(device, []).append(backend)
+        return {device: tuple(backends) for device, backends in found.items()}
 
 
 def _driver_backend() -> str | None:
