@@ -141,3 +141,18 @@ def test_devices_lists_every_backend_with_a_reason(capsys: pytest.CaptureFixture
     for name in ("torch", "nvml", "amdsmi", "cpu", "fake"):
         assert name in out
     assert "unavailable" in out
+
+
+def test_memdiags_own_failure_exits_4_never_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from memdiag.tracker import Tracker
+
+    def broken_check(self: Tracker) -> None:
+        raise RuntimeError("a bug in memdiag")
+
+    monkeypatch.setattr(Tracker, "check", broken_check)  # wiring: an internal failure
+    assert main(["run", "--device", "cpu", _script(tmp_path, CLEAN), "--flag", "x"]) == 4
+    err = capsys.readouterr().err
+    assert "memdiag: internal error" in err and "a bug in memdiag" in err
+    assert sys.modules["__main__"].__dict__.get("KEEP") is None  # the script was released
