@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memdiag.distributed import short_cmdline
 from memdiag.findings import Finding
+from memdiag.processes import short_cmdline
 from memdiag.readings import DeviceReading
 from memdiag.result import CheckResult, DeviceCheck, PhaseRecord
 

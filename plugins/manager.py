@@ -2,8 +2,8 @@
 
 Registered only when the check is on (``--gpu-leak-check``, or a test carries the
 ``gpu_leak_check`` marker), in every process that runs tests (not in an xdist
-controller).  One :class:`CheckRun` is one tracker's life: a test (``function``
-scope), or a module / the session (``module`` / ``session`` scope).
+controller).  One :class:`~plugins.runs.CheckRun` is one tracker's life: a test
+(``function`` scope), or a module / the session (``module`` / ``session`` scope).
 
 Baseline.  A run's baseline is taken right before the first fixture of the run's
 scope or narrower is set up (or when the test's call starts, if there is none), so
@@ -24,24 +24,22 @@ Reports.  The check runs when the run's last teardown is done, inside
 with logging deferred (as pytest-forked does in its child), so a leak can fail the
 test's own call report; a test that already failed on its own keeps that failure,
 and the leak is reported separately on its teardown report (an error), as is the
-leak of a module or session run, which blames that scope's fixtures.
+leak of a module or session run, which blames that scope's fixtures
+(:mod:`plugins.reporting`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
 import warnings
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from _pytest.nodes import Node
 from _pytest.runner import runtestprotocol
 
 from memdiag.backends.registry import Selection
@@ -49,60 +47,24 @@ from memdiag.census import StorageLedger
 from memdiag.readings import DeviceReading, ProcessUsage
 from memdiag.result import CheckResult
 from memdiag.tracker import Tracker
-from memdiag.units import Tolerance
-from plugins import describe
-from plugins.failure import SECTION, LeakFailure, LeakRepr
-from plugins.marks import MarkOptions, closest, options_from
+from plugins import describe, reporting
+from plugins.marks import closest, options_from
 from plugins.options import Settings
-from plugins.results import FAILURE, PAYLOAD, ResultsCollector
+from plugins.results import ResultsCollector
+from plugins.runs import (
+    RANK,
+    CheckRun,
+    TestState,
+    drop_test_references,
+    first_wider_node_torn_down,
+    unit_of,
+)
 
 __all__ = ["LeakCheckManager", "MemdiagWarning"]
-
-_RANK = {"function": 0, "class": 1, "module": 2, "package": 3, "session": 4}
 
 
 class MemdiagWarning(pytest.PytestWarning):
     """A condition that makes memdiag's checks unreliable."""
-
-
-@dataclass
-class CheckRun:
-    """One tracker's life: a test, a module or the session."""
-
-    scope: str
-    key: str
-    label: str
-    tolerance: dict[str, Tolerance] | None
-    settle: float
-    disabled: bool = False
-    tracker: Tracker | None = None
-    result: CheckResult | None = None
-    """Set when the check ran before wider fixtures were torn down."""
-    fixtures: list[str] = field(default_factory=list)
-    """Fixtures of wider than function scope set up inside the run (blamed on a leak)."""
-    overhead_s: float = 0.0
-
-    @property
-    def rank(self) -> int:
-        return _RANK[self.scope]
-
-
-@dataclass
-class TestState:
-    """The test being run."""
-
-    item: pytest.Item
-    run: CheckRun | None
-    checked: bool
-    """The test is checked on its own (function scope) or is part of a module/session run."""
-    options: MarkOptions
-    deferred: bool
-    """Reports are logged after teardown, so the call report can still be changed."""
-    reports: dict[str, pytest.TestReport] = field(default_factory=dict)
-    phase_start: int = 0
-    phase_name: str | None = None
-    exclusion: tuple[dict[str, DeviceReading], StorageLedger] | None = None
-    unit_ends: bool = True
 
 
 class LeakCheckManager:
@@ -252,7 +214,7 @@ class LeakCheckManager:
             self._open_test_phase(test)
 
     def _unit_run(self, item: pytest.Item) -> CheckRun:
-        key, node, label = _unit_of(item, self.scope)
+        key, node, label = unit_of(item, self.scope)
         run = self._run
         if run is not None and run.key == key:
             return run
@@ -325,7 +287,7 @@ class LeakCheckManager:
     def pytest_fixture_setup(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> Generator[None, object, object]:
-        rank = _RANK.get(fixturedef.scope, 0)
+        rank = RANK.get(fixturedef.scope, 0)
         run = self._run
         test = self._test
         active = (
@@ -416,8 +378,7 @@ class LeakCheckManager:
         test = self._test
         if test is not None and test.item is item:
             test.unit_ends = (
-                nextitem is None
-                or _unit_of(nextitem, self.scope)[0] != _unit_of(item, self.scope)[0]
+                nextitem is None or unit_of(nextitem, self.scope)[0] != unit_of(item, self.scope)[0]
             )
             run = test.run
             if run is not None and run.tracker is not None and not run.disabled:
@@ -426,7 +387,7 @@ class LeakCheckManager:
                     run.tracker.phase("teardown")
                     run.overhead_s += time.perf_counter() - t0
                 if test.checked and (run.scope == "function" or test.unit_ends):
-                    node = _first_wider_node_torn_down(item, nextitem, run.scope)
+                    node = first_wider_node_torn_down(item, nextitem, run.scope)
                     if node is not None:
                         node.addfinalizer(lambda: self._checkpoint(test))
         return (yield)
@@ -438,7 +399,7 @@ class LeakCheckManager:
         run = test.run
         if run is None or run.tracker is None or run.result is not None:
             return
-        _drop_test_references(test.item)
+        drop_test_references(test.item)
         run.result = self._check(run)
 
     @pytest.hookimpl(wrapper=True)
@@ -464,7 +425,7 @@ class LeakCheckManager:
         run = test.run
         if run is None or run.disabled:
             return
-        _drop_test_references(test.item)
+        drop_test_references(test.item)
         if run.scope == "function":
             if run.tracker is None or not test.checked:
                 return
@@ -490,7 +451,7 @@ class LeakCheckManager:
             self._report(test, teardown, run, None, test_peaks, blame=run.label, unit=False)
         if test.unit_ends and tracker is not None:
             result = run.result or self._check(run)
-            blame = _blame(run)
+            blame = reporting.blame_of(run.scope, run.label, run.fixtures)
             self._report(test, teardown, run, result, [], blame=blame, unit=True)
 
     def _check(self, run: CheckRun) -> CheckResult:
@@ -527,77 +488,23 @@ class LeakCheckManager:
         failure = describe.build_failure(
             result, peaks, blame=blame, width=width, verbosity=verbosity
         )
-        leaked = result is not None and result.leaked
-        properties: list[tuple[str, object]] = []
-        if result is not None:
-            top = max(result.leaks, key=lambda f: f.nbytes) if leaked else None
-            payload: dict[str, Any] = {
-                "nodeid": teardown.nodeid,
-                "scope": run.scope,
-                "unit": run.key,
-                "unit_label": "" if run.scope == "function" else f"({blame})",
-                "checked": True,
-                "leaked": leaked,
-                "bytes": sum(f.nbytes for f in result.leaks),
-                "device": top.device if top else "",
-                "held": f"{top.device}: {describe.held_by(top) or top.kind.title}" if top else "",
-                "summary": failure.message if failure and leaked else result.summary(),
-                "signature": describe.signature(result),
-                "cheap": result.cheap,
-                "overhead_s": run.overhead_s,
-                "peak_failures": [p.describe() for p in peaks],
-                "result": result.to_json() if (leaked or self.settings.json_path) else None,
-            }
-            # Plain JSON data: it crosses the xdist and --forked process boundaries.
-            setattr(teardown, PAYLOAD, json.loads(json.dumps(payload, default=str)))
-            properties = [
-                ("memdiag_leaked", "true" if leaked else "false"),
-                ("memdiag_bytes", str(payload["bytes"])),
-                ("memdiag_summary", str(payload["summary"])),
-            ]
-            teardown.user_properties.extend(properties)
-        elif peaks:
-            setattr(
-                teardown,
-                PAYLOAD,
-                {
-                    "nodeid": teardown.nodeid,
-                    "scope": run.scope,
-                    "checked": False,
-                    "peak_failures": [p.describe() for p in peaks],
-                    "overhead_s": 0.0,
-                },
-            )
+        properties = reporting.attach_payload(
+            teardown,
+            result,
+            failure,
+            peaks,
+            scope=run.scope,
+            unit=run.key,
+            blame=blame,
+            overhead_s=run.overhead_s,
+            full_result=bool(self.settings.json_path),
+        )
         if failure is None:
             return
-        call = test.reports.get("call")
-        own_failure = any(r.failed for r in test.reports.values())
-        if (
-            not unit
-            and test.deferred
-            and call is not None
-            and call.passed
-            and not hasattr(call, "wasxfail")
-            and not own_failure
-        ):
-            target = call
-            call.user_properties.extend(properties)
-        else:
-            target = teardown
-        self._fail(target, failure)
-
-    def _fail(self, report: pytest.TestReport, failure: LeakFailure) -> None:
-        data = failure.to_json()
-        if report.failed:
-            data["combined"] = True
-            report.longrepr = failure.combined_with(str(report.longrepr))
-        else:
-            report.outcome = "failed"
-            path, lineno, _ = report.location
-            report.longrepr = LeakRepr(failure, path, (lineno or 0) + 1)
-        if failure.section:
-            report.sections.append((SECTION, failure.section))
-        setattr(report, FAILURE, data)
+        target = reporting.failing_report(test.reports, teardown, unit=unit, deferred=test.deferred)
+        if target is not teardown:
+            target.user_properties.extend(properties)
+        reporting.fail(target, failure)
 
     # -- session end ---------------------------------------------------------------------------
     def pytest_sessionfinish(self) -> None:
@@ -608,65 +515,6 @@ def _forked(item: pytest.Item) -> bool:
     return bool(item.config.getoption("forked", default=False)) or (
         item.get_closest_marker("forked") is not None
     )
-
-
-def _unit_of(item: pytest.Item, scope: str) -> tuple[str, pytest.Collector | None, str]:
-    """(key, node whose markers configure the run, label) of the run an item belongs to."""
-    if scope == "session":
-        return "session", None, "the session"
-    if scope == "module":
-        module = item.getparent(pytest.Module)
-        if module is not None:
-            return module.nodeid, module, module.nodeid
-    return item.nodeid, None, item.nodeid
-
-
-def _first_wider_node_torn_down(
-    item: pytest.Item, nextitem: pytest.Item | None, scope: str
-) -> Node | None:
-    """The innermost node wider than the run's scope that this teardown tears down.
-
-    pytest tears nodes down innermost first; a finalizer added to that node now runs
-    before the node's fixtures are finalized.
-    """
-    chain = item.listchain()
-    if scope == "function":
-        wider = chain[:-1]
-    elif scope == "module":
-        module = item.getparent(pytest.Module)
-        wider = chain[: chain.index(module)] if module in chain else []
-    else:
-        return None
-    needed = nextitem.listchain() if nextitem is not None else []
-    for index, node in enumerate(wider):
-        if index >= len(needed) or needed[index] is not node:
-            return wider[-1]
-    return None
-
-
-def _blame(run: CheckRun) -> str:
-    fixtures = ", ".join(f"'{name}'" for name in run.fixtures)
-    what = f"{run.scope}-scoped" if run.scope == "module" else "wider-scoped"
-    if not fixtures:
-        return f"the tests of {run.label} (no {what} fixtures) finished"
-    plural = "s" if len(run.fixtures) > 1 else ""
-    return f"the teardown of {what} fixture{plural} {fixtures} of {run.label}"
-
-
-def _drop_test_references(item: pytest.Item) -> None:
-    """Drop what pytest itself still holds of the test when the check runs.
-
-    ``item.funcargs`` keeps fixture values until the protocol ends (pytest drops it
-    right after), and a failed test's exception, traceback and frames stay in
-    ``sys.last_*`` until the next test's call (pytest clears them there).  The
-    debugger, if any, has already run.
-    """
-    funcargs = getattr(item, "funcargs", None)
-    if isinstance(funcargs, dict):
-        funcargs.clear()
-    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
-        if hasattr(sys, name):
-            delattr(sys, name)
 
 
 def _shifted(base: DeviceReading, before: DeviceReading, after: DeviceReading) -> DeviceReading:

@@ -25,9 +25,9 @@ from typing import Any
 
 from memdiag.heap import HeapView, call_with_full_heap
 from memdiag.retainers.describe import is_a
-from memdiag.retainers.grouping import assemble, signature
+from memdiag.retainers.grouping import assemble, no_tensor_group
 from memdiag.retainers.known import DEFAULT_KNOWN, IgnoreRule, KnownRetention
-from memdiag.retainers.model import RetainerGroup, RetainerReport
+from memdiag.retainers.model import RetainerReport
 from memdiag.retainers.paths import PathForest
 from memdiag.retainers.roots import RootEnv, ThreadStack, capture_threads, own_frame_ids
 from memdiag.retainers.scan import scan_heap
@@ -72,17 +72,10 @@ def _storage_key(torch: Any) -> Callable[[object], int | None]:
 def _no_torch_report(targets: Mapping[int, int], heap: int, start: float) -> RetainerReport:
     """Without torch there are no tensor objects: every storage is held natively."""
     total = sum(targets.values())
-    group = RetainerGroup(
-        root_kind="native",
-        root_name="native code (no Python tensor)",
-        chain=(),
-        suspect_index=None,
-        retained_bytes=total,
-        tensor_count=0,
-        storage_count=len(targets),
-        signature=signature(("native", "no-tensor")),
+    group = no_tensor_group(
+        sorted(targets),
+        total,
         example_tensor=f"{len(targets)} storages, {format_bytes(total)}",
-        storage_keys=tuple(sorted(targets)),
         note="no Python tensor object refers to these storages",
     )
     return RetainerReport(

@@ -31,7 +31,7 @@ from memdiag.retainers.model import Edge, RetainerGroup, RetainerReport
 from memdiag.retainers.paths import PSEUDO_KINDS, PathForest
 from memdiag.units import format_bytes
 
-__all__ = ["assemble", "signature"]
+__all__ = ["assemble", "no_tensor_group", "signature"]
 
 _FROZEN_NOTE = (
     "kept by gc.freeze(): {n} objects frozen; this cycle is unreachable and would be "
@@ -160,25 +160,42 @@ def _native_groups(
         )
     orphans = sorted(k for k in targets if k not in held)
     if orphans:
-        total = sum(targets[k] for k in orphans)
         largest = max(orphans, key=lambda k: targets[k])
         out.append(
-            RetainerGroup(
-                root_kind="native",
-                root_name="native code (no Python tensor)",
-                chain=(),
-                suspect_index=None,
-                retained_bytes=total,
-                tensor_count=0,
-                storage_count=len(orphans),
-                signature=signature(("native", "no-tensor")),
+            no_tensor_group(
+                orphans,
+                sum(targets[k] for k in orphans),
                 example_tensor=f"storage of {format_bytes(targets[largest])} with no Python tensor",
-                storage_keys=tuple(orphans),
-                note=_NO_TENSOR_NOTE,
                 alloc_site=alloc_sites.get(largest),
             )
         )
     return out
+
+
+def no_tensor_group(
+    storage_keys: Sequence[int],
+    total: int,
+    *,
+    example_tensor: str,
+    note: str = _NO_TENSOR_NOTE,
+    alloc_site: str | None = None,
+) -> RetainerGroup:
+    """The group of storages no Python tensor or storage object refers to: held by
+    native code only.  ``total``: their bytes; ``storage_keys`` in the order to keep."""
+    return RetainerGroup(
+        root_kind="native",
+        root_name="native code (no Python tensor)",
+        chain=(),
+        suspect_index=None,
+        retained_bytes=total,
+        tensor_count=0,
+        storage_count=len(storage_keys),
+        signature=signature(("native", "no-tensor")),
+        example_tensor=example_tensor,
+        storage_keys=tuple(storage_keys),
+        note=note,
+        alloc_site=alloc_site,
+    )
 
 
 def assemble(

@@ -13,9 +13,9 @@ import mp_workers
 import pytest
 
 from memdiag.agent import wrap
-from memdiag.distributed import ProcessWatch, without_covered_processes
 from memdiag.findings import Finding, FindingKind
 from memdiag.merge import merge_worker_reports
+from memdiag.processes import ProcessWatch, without_covered_processes
 from memdiag.readings import DeviceReading, ProcessUsage
 
 GiB = 1024**3
@@ -146,8 +146,13 @@ def test_processes_from_before_the_baseline_and_known_helpers_are_not_reported(
     watch.phase_end("create")
     phases = {r.pid: r.phase for r in watch.processes}
     assert (phases[before.pid], phases[helper.pid]) == (None, "create")
-    assert watch.findings() == []
-    assert not watch.pending()
+    # Only this test's processes are judged: other children of a test worker process
+    # (xdist, multiprocessing's resource tracker of an earlier test) may come and go.
+    mentioned = " ".join(f.message for f in watch.findings())
+    assert f"process {before.pid} " not in mentioned
+    assert f"process {helper.pid} " not in mentioned
+    # Neither counts as a worker the check would wait for.
+    assert not {before.pid, helper.pid} & {r.pid for r in watch.started}
 
 
 def test_a_clean_multiprocess_engine_passes(tmp_path: Path) -> None:

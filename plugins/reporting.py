@@ -1,0 +1,136 @@
+"""A finished check as pytest reports it: the payload, the JUnit properties, the failure.
+
+Runs in the process that checked (a worker under xdist, the child under
+``--forked``).  What it attaches to the test reports is plain JSON data
+(``report.memdiag`` and ``report.memdiag_failure``), read back on the reporting side
+by :class:`~plugins.results.ResultsCollector`.  Which report fails: the test's own
+call report when reports are deferred and the call passed (a leak is the test's
+failure), otherwise the teardown report (an error), combined with the failure it
+already carries, if any.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from memdiag.result import CheckResult
+from plugins import describe
+from plugins.failure import SECTION, LeakFailure, LeakRepr
+from plugins.results import FAILURE, PAYLOAD
+
+__all__ = ["attach_payload", "blame_of", "fail", "failing_report"]
+
+
+def attach_payload(
+    teardown: pytest.TestReport,
+    result: CheckResult | None,
+    failure: LeakFailure | None,
+    peaks: Sequence[describe.PeakViolation],
+    *,
+    scope: str,
+    unit: str,
+    blame: str,
+    overhead_s: float,
+    full_result: bool,
+) -> list[tuple[str, object]]:
+    """Attach the check's JSON-safe payload to ``teardown``; return its JUnit properties.
+
+    ``unit``: the run's key (a node id, or ``"session"``); ``full_result``: keep the
+    whole result in the payload even when nothing leaked (for the JSON report).  The
+    properties are already added to ``teardown``'s ``user_properties``.
+    """
+    leaked = result is not None and result.leaked
+    properties: list[tuple[str, object]] = []
+    if result is not None:
+        top = max(result.leaks, key=lambda f: f.nbytes) if leaked else None
+        payload: dict[str, Any] = {
+            "nodeid": teardown.nodeid,
+            "scope": scope,
+            "unit": unit,
+            "unit_label": "" if scope == "function" else f"({blame})",
+            "checked": True,
+            "leaked": leaked,
+            "bytes": sum(f.nbytes for f in result.leaks),
+            "device": top.device if top else "",
+            "held": f"{top.device}: {describe.held_by(top) or top.kind.title}" if top else "",
+            "summary": failure.message if failure and leaked else result.summary(),
+            "signature": describe.signature(result),
+            "cheap": result.cheap,
+            "overhead_s": overhead_s,
+            "peak_failures": [p.describe() for p in peaks],
+            "result": result.to_json() if (leaked or full_result) else None,
+        }
+        # Plain JSON data: it crosses the xdist and --forked process boundaries.
+        setattr(teardown, PAYLOAD, json.loads(json.dumps(payload, default=str)))
+        properties = [
+            ("memdiag_leaked", "true" if leaked else "false"),
+            ("memdiag_bytes", str(payload["bytes"])),
+            ("memdiag_summary", str(payload["summary"])),
+        ]
+        teardown.user_properties.extend(properties)
+    elif peaks:
+        setattr(
+            teardown,
+            PAYLOAD,
+            {
+                "nodeid": teardown.nodeid,
+                "scope": scope,
+                "checked": False,
+                "peak_failures": [p.describe() for p in peaks],
+                "overhead_s": 0.0,
+            },
+        )
+    return properties
+
+
+def failing_report(
+    reports: Mapping[str, pytest.TestReport],
+    teardown: pytest.TestReport,
+    *,
+    unit: bool,
+    deferred: bool,
+) -> pytest.TestReport:
+    """The report a failed check fails: the test's passing call report when the check
+    is the test's own (``unit`` false) and reports were deferred, else ``teardown``."""
+    call = reports.get("call")
+    own_failure = any(r.failed for r in reports.values())
+    if (
+        not unit
+        and deferred
+        and call is not None
+        and call.passed
+        and not hasattr(call, "wasxfail")
+        and not own_failure
+    ):
+        return call
+    return teardown
+
+
+def fail(report: pytest.TestReport, failure: LeakFailure) -> None:
+    """Fail ``report`` with ``failure`` (or add it to the failure it already has)."""
+    data = failure.to_json()
+    if report.failed:
+        data["combined"] = True
+        report.longrepr = failure.combined_with(str(report.longrepr))
+    else:
+        report.outcome = "failed"
+        path, lineno, _ = report.location
+        report.longrepr = LeakRepr(failure, path, (lineno or 0) + 1)
+    if failure.section:
+        report.sections.append((SECTION, failure.section))
+    setattr(report, FAILURE, data)
+
+
+def blame_of(scope: str, label: str, fixtures: Sequence[str]) -> str:
+    """What a module or session run's leak is blamed on: the teardown of the wider
+    fixtures set up inside the run, or the run's tests when there were none."""
+    names = ", ".join(f"'{name}'" for name in fixtures)
+    what = f"{scope}-scoped" if scope == "module" else "wider-scoped"
+    if not names:
+        return f"the tests of {label} (no {what} fixtures) finished"
+    plural = "s" if len(fixtures) > 1 else ""
+    return f"the teardown of {what} fixture{plural} {names} of {label}"
