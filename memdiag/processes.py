@@ -257,10 +257,15 @@ class ProcessWatch:
                 return True
         return any(e.held and e.released is None for e in self._exits.values())
 
-    def findings(self, readings: Mapping[str, DeviceReading] | None = None) -> list[Finding]:
+    def findings(
+        self, readings: Mapping[str, DeviceReading] | None = None, *, observed: bool = False
+    ) -> list[Finding]:
         """``WORKER`` findings: children alive after shutdown, and memory of exited ones
-        released late (a note) or not at all (a leak)."""
-        self.observe(readings)
+        released late (a note) or not at all (a leak).  ``observed``: the caller has
+        just called :meth:`observe` with these readings (the tracker's check has), so
+        the process tree is not scanned again."""
+        if not observed:
+            self.observe(readings)
         charged = _by_pid(readings)
         per_pid_known = any(r.processes for r in (readings or {}).values())
         out: list[Finding] = []

@@ -309,10 +309,11 @@ class Tracker:
         readings = self.read()
         assessment = self._assess(readings)
         freeze_grew = gc.get_freeze_count() > self._baseline_freeze
-        if assessment.clean and not freeze_grew and not self._processes_pending(readings):
+        pending = self._processes_pending(readings)  # observes the tree: always called
+        if assessment.clean and not freeze_grew and not pending:
             return self._finish(readings, assessment, None, cheap=True, settle_s=0.0, t0=t0)
         readings, assessment, settle_s, workspace = self._settle(readings, assessment)
-        if assessment.clean and not freeze_grew and self._census_needless():
+        if assessment.clean and not freeze_grew:  # nothing left for a heap walk to explain
             return self._finish(
                 readings,
                 assessment,
@@ -348,10 +349,6 @@ class Tracker:
         self._procs.observe(readings)
         return self._procs.pending()
 
-    def _census_needless(self) -> bool:
-        """After settling clean: only worker reports can still hold findings."""
-        return self._workers is None
-
     def _settle(
         self, readings: dict[str, DeviceReading], assessment: Assessment
     ) -> tuple[dict[str, DeviceReading], Assessment, float, dict[str, int]]:
@@ -371,7 +368,8 @@ class Tracker:
         # (expensive on large heaps) only when memory is still not back.
         readings = self.read()
         assessment = self._assess(readings)
-        if assessment.clean and not self._processes_pending(readings):
+        pending = self._processes_pending(readings)
+        if assessment.clean and not pending:
             return readings, assessment, time.monotonic() - start, workspace
         gc.collect()
         delay = 0.01
@@ -379,7 +377,8 @@ class Tracker:
             readings = self.read()
             assessment = self._assess(readings)
             elapsed = time.monotonic() - start
-            settled = assessment.clean and not self._processes_pending(readings)
+            pending = self._processes_pending(readings)
+            settled = assessment.clean and not pending
             if settled or elapsed >= self.settle_s:
                 return readings, assessment, elapsed, workspace
             time.sleep(min(delay, max(0.0, self.settle_s - elapsed)))
@@ -415,7 +414,8 @@ class Tracker:
             )
             all_notices.extend(extra)
         if self._procs is not None:
-            process_findings = self._procs.findings(readings)
+            # check() observed the tree with these readings moments ago: no rescan.
+            process_findings = self._procs.findings(readings, observed=True)
             findings = without_covered_processes(findings, process_findings) + process_findings
             analysis["processes"] = self._procs.to_json()
         findings = list(findings) + process_group_findings(self._groups_at_start)
