@@ -89,15 +89,19 @@ def _rss(pid: int) -> int | None:
 
 
 def _children(pid: int) -> list[int] | None:
-    """Direct children from ``/proc/PID/task/*/children``; ``None`` where it is missing."""
+    """Direct children from ``/proc/PID/task/*/children``; ``None`` where it is missing.
+
+    Plain string paths and ``os`` calls: this runs on every check's passing path."""
+    base = f"{_PROC}/{pid}/task"
     try:
-        tasks = os.listdir(_PROC / str(pid) / "task")
+        tasks = os.listdir(base)
     except OSError:
         return []
     out: list[int] = []
     for task in tasks:
         try:
-            text = (_PROC / str(pid) / "task" / task / "children").read_text()
+            with open(f"{base}/{task}/children", "rb") as handle:
+                text = handle.read()
         except FileNotFoundError:
             if task == str(pid):
                 return None  # kernel without CONFIG_PROC_CHILDREN
