@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import sys
@@ -94,6 +95,14 @@ class RunCommand:
             if script_run is not None:
                 script_run.release()
             tracker.close()
+        if any(
+            "__main__." in str(g.get("chain_text", ""))
+            for f in result.findings
+            for g in f.retainers
+        ):
+            result = dataclasses.replace(
+                result, notices=(*result.notices, f"`__main__` in the chains is {args.script}")
+            )
         if rank is not None:
             console.print(f"memdiag: rank {rank.rank} of {rank.world_size} (pid {os.getpid()})")
         render_terminal(result, console, verbosity=args.verbose)

@@ -73,8 +73,10 @@ def test_real_runs_validate_and_keep_their_shape(toy_runs: dict[str, Path]) -> N
     _validate(leaky)
     _validate(fixed)
     assert leaky["findings"][0]["retainers"][0]["root_kind"] == "lru_cache"
-    for key in ("schema_version", "devices", "phases", "notices", "context"):
+    for key in ("schema_version", "devices", "phases", "context"):
         assert _shape(leaky[key]) == _shape(fixed[key]), key
+    for run in (leaky, fixed):  # notices vary by run; they are always a list of strings
+        assert all(isinstance(n, str) for n in run["notices"])
     assert [p["name"] for p in leaky["phases"]] == ["create", "infer", "shutdown"]
 
 
