@@ -22,7 +22,7 @@ class CpuBackend:
     name = "cpu"
 
     def probe(self) -> Availability:
-        if "torch" in sys.modules:
+        if sys.modules.get("torch") is not None:
             return Availability.yes()
         try:
             import torch  # noqa: F401
