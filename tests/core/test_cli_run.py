@@ -74,7 +74,10 @@ def test_sys_exit_0_is_success(tmp_path: Path) -> None:
 def test_exception_with_memory_back_exits_3_and_prints_the_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    body = "import torch\ndef f():\n    big = torch.zeros(1024, 1024)\n    raise ValueError('boom')\nf()\n"
+    body = (
+        "import torch\ndef f():\n    big = torch.zeros(1024, 1024)\n"
+        "    raise ValueError('boom')\nf()\n"
+    )
     assert main(["run", "--device", "cpu", _script(tmp_path, body)]) == 3
     err = capsys.readouterr().err
     assert "ValueError: boom" in err and "memdiag/runner.py" not in err

@@ -36,8 +36,10 @@ def test_memdiag_run_names_the_culprit(bug: str, tmp_path: Path) -> None:
     code, kind, chain = CASES[bug]
     out = tmp_path / "r.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "memdiag", "run", "--device", "cpu", "--json", str(out)]
-        + ["examples/toy_engine.py", "--bug", bug],
+        [
+            *(sys.executable, "-m", "memdiag", "run", "--device", "cpu"),
+            *("--json", str(out), "examples/toy_engine.py", "--bug", bug),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -58,8 +60,10 @@ def test_memdiag_run_names_the_culprit(bug: str, tmp_path: Path) -> None:
 
 def test_the_fixed_engine_exits_0() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "memdiag", "run", "--device", "cpu", "examples/toy_engine.py"]
-        + ["--bug", "all", "--fixed"],
+        [
+            *(sys.executable, "-m", "memdiag", "run", "--device", "cpu"),
+            *("examples/toy_engine.py", "--bug", "all", "--fixed"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -81,8 +81,14 @@ print(json.dumps(dict(leaks=[(f.device, f.kind.value, f.nbytes, f.message[:160])
 
 
 def py(code: str) -> dict[str, object]:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=ENV, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+        cwd=ROOT,
+    )
     if proc.returncode != 0:
         print(proc.stdout[-2000:], proc.stderr[-4000:])
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
@@ -93,33 +99,68 @@ def torchrun(tmp: Path, leave_pg: bool) -> None:
     script = tmp / "ranked.py"
     script.write_text(RANKED)
     out = tmp / f"out_pg{int(leave_pg)}.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "memdiag", "run", "--json", str(out), str(script)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "memdiag",
+        "run",
+        "--json",
+        str(out),
+        str(script),
+    ]
     env = {**ENV, "LEAVE_PG": "1" if leave_pg else "0"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     print(f"--- torchrun leave_pg={leave_pg}: rc {proc.returncode}\n{proc.stderr[-5000:]}")
     merged = subprocess.run(
-        [sys.executable, "-m", "memdiag", "merge", str(tmp / f"out_pg{int(leave_pg)}.rank0.json"),
-         str(tmp / f"out_pg{int(leave_pg)}.rank1.json")],
-        capture_output=True, text=True, env=ENV, timeout=120, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "memdiag",
+            "merge",
+            str(tmp / f"out_pg{int(leave_pg)}.rank0.json"),
+            str(tmp / f"out_pg{int(leave_pg)}.rank1.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+        cwd=ROOT,
+    )
     print(merged.stdout[-3000:], merged.stderr[-1000:])
     summary = []
     for rank in (0, 1):
         path = tmp / f"out_pg{int(leave_pg)}.rank{rank}.json"
         if path.exists():
             data = json.loads(path.read_text())
-            summary.append((rank, [(f["kind"], f["bytes"] // MiB) for f in data["findings"] if f["is_leak"]]))
-    ROWS.append((f"torchrun 2 ranks NCCL, leave_pg={leave_pg}: merge rc / leaks per rank",
-                 f"{merged.returncode} / {summary}"))
+            summary.append(
+                (rank, [(f["kind"], f["bytes"] // MiB) for f in data["findings"] if f["is_leak"]])
+            )
+    ROWS.append(
+        (
+            f"torchrun 2 ranks NCCL, leave_pg={leave_pg}: merge rc / leaks per rank",
+            f"{merged.returncode} / {summary}",
+        )
+    )
 
 
 def main() -> None:
     print(subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout)
     r = py(TWO_DEVICES)
-    ROWS.append(("auto devices; leak on cuda:1 only -> leaks", f"{r.get('devices')} -> {r.get('leaks')}"))
+    ROWS.append(
+        ("auto devices; leak on cuda:1 only -> leaks", f"{r.get('devices')} -> {r.get('leaks')}")
+    )
     r = py(CONTEXT_ONLY_WHERE_USED)
-    ROWS.append(("program uses cuda:0 only: leaked / NVML this pid on cuda:1",
-                 f"{r.get('leaked')} / {r.get('cuda1_process_used')}"))
+    ROWS.append(
+        (
+            "program uses cuda:0 only: leaked / NVML this pid on cuda:1",
+            f"{r.get('leaked')} / {r.get('cuda1_process_used')}",
+        )
+    )
     r = py(WORKER_PARENT)
     ROWS.append(("child holding 1 GiB on cuda:1 left alive", str(r.get("leaks", r))))
     tmp = ROOT / "mgpu_tmp"
