@@ -120,9 +120,9 @@ def _outside(
         return None, None
     # A device context appears when the program first uses the device: torch was not
     # initialised at baseline, or the driver charged nothing to this process there.
-    created = (
-        base.extra.get("initialized") is False or base.extra.get("own_used") == 0
-    ) and bool(reading.extra.get("initialized", True))
+    created = (base.extra.get("initialized") is False or base.extra.get("own_used") == 0) and bool(
+        reading.extra.get("initialized", True)
+    )
     if not created:
         then = base.outside_torch
         return (None if then is None else now - then), None
