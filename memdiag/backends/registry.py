@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from memdiag.backends.base import Availability, Backend, BackendUnavailable
+from memdiag.backends.torch_backend import TorchBackend
 
 __all__ = ["BACKENDS", "Selection", "UsageError", "create", "probe_all", "select"]
 
@@ -118,6 +119,8 @@ def select(spec: str = "auto") -> Selection:
         extra_availability = extra.probe()
         if extra_availability.available:
             backends.append(extra)
+            if isinstance(torch_backend, TorchBackend):
+                torch_backend.device_wide = False  # the driver backend reads it
         else:
             notices.append(
                 f"{driver} unavailable ({extra_availability.reason}): no driver-level "

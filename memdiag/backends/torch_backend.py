@@ -35,6 +35,9 @@ class TorchBackend:
     def __init__(self) -> None:
         self._kind: str | None = None
         self._count = 0
+        self.device_wide = True
+        """Read device-wide used/total (``mem_get_info``); the registry turns it off
+        when NVML or amdsmi gives them, to keep the passing path short."""
 
     def probe(self) -> Availability:
         try:
@@ -88,12 +91,12 @@ class TorchBackend:
                 extra={"initialized": False},
             )
         try:
-            stats = self._module().memory_stats(index)
+            stats = self._stats(index)
         except Exception as exc:
             raise BackendUnavailable(f"{device}: torch memory_stats failed: {exc}") from exc
         reserved = int(stats.get("reserved_bytes.all.current", 0))
         driver_used = total = None
-        if reserved:
+        if reserved and self.device_wide:
             try:
                 free, total = self._module().mem_get_info(index)
                 driver_used = int(total - free)
@@ -113,6 +116,21 @@ class TorchBackend:
             extra={"initialized": True},
         )
 
+    def _stats(self, index: int) -> dict[str, int]:
+        """The allocator counters we read, as ``memory_stats`` names them.
+
+        ``torch.cuda.memory_stats`` flattens ~100 nested entries in Python on every
+        call; the check reads five, so on CUDA the nested C++ dict is read directly."""
+        raw = getattr(getattr(sys.modules.get("torch"), "_C", None), "_cuda_memoryStats", None)
+        if self._kind == "cuda" and callable(raw):
+            nested = raw(index)
+            return {
+                f"{name}.all.{which}": int(nested[name]["all"][which])
+                for name in ("allocated_bytes", "reserved_bytes", "active_bytes")
+                for which in ("current", "peak")
+            }
+        return dict(self._module().memory_stats(index))
+
     def reset_peak(self, device: str) -> None:
         index = self._index(device)
         if self.initialized():
@@ -126,7 +144,7 @@ class TorchBackend:
         module = self._module()
         # Synchronising a device switches to it and would create a context (hundreds
         # of MiB) on a GPU the program never used: only touch devices the allocator uses.
-        if module.memory_stats(index).get("reserved_bytes.all.current", 0):
+        if self._stats(index).get("reserved_bytes.all.current", 0):
             module.synchronize(index)
         torch_c = getattr(sys.modules.get("torch"), "_C", None)
         for name in ("_cuda_clearCublasWorkspaces",):
