@@ -88,45 +88,6 @@ def _rss(pid: int) -> int | None:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def _children(pid: int) -> list[int] | None:
-    """Direct children from ``/proc/PID/task/*/children``; ``None`` where it is missing.
-
-    Plain string paths and ``os`` calls: this runs on every check's passing path."""
-    base = f"{_PROC}/{pid}/task"
-    try:
-        tasks = os.listdir(base)
-    except OSError:
-        return []
-    out: list[int] = []
-    for task in tasks:
-        try:
-            with open(f"{base}/{task}/children", "rb") as handle:
-                text = handle.read()
-        except FileNotFoundError:
-            if task == str(pid):
-                return None  # kernel without CONFIG_PROC_CHILDREN
-            continue
-        except OSError:
-            continue
-        out.extend(int(c) for c in text.split())
-    return out
-
-
-def _tree(root: int) -> frozenset[int]:
-    """``root`` and its descendants, reading only our own subtree where the kernel can."""
-    seen = {root}
-    stack = [root]
-    while stack:
-        children = _children(stack.pop())
-        if children is None:
-            return process_tree(root)  # scan all of /proc instead
-        for child in children:
-            if child not in seen:
-                seen.add(child)
-                stack.append(child)
-    return frozenset(seen)
-
-
 def short_cmdline(command: str, *, max_len: int = 120) -> str:
     """``/usr/bin/python3.11 -m engine.worker rank=1`` -> ``python3.11 -m engine.worker
     rank=1``: the program's directory dropped, the whole cut to ``max_len``."""
@@ -206,7 +167,7 @@ class ProcessWatch:
         return any(fragment in record.cmdline for fragment in self._helpers)
 
     def _scan(self, phase: str | None) -> None:
-        for pid in _tree(self._root):
+        for pid in process_tree(self._root):
             if pid == self._root or pid in self._records:
                 continue
             ticks = _start_ticks(pid)

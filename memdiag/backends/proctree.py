@@ -53,13 +53,52 @@ def _parents() -> dict[int, list[int]]:
     return children
 
 
+def _children(pid: int) -> list[int] | None:
+    """Direct children from ``/proc/PID/task/*/children`` (reads only our subtree);
+    ``None`` where the kernel lacks it.  Plain paths: this runs on every check."""
+    base = f"{_PROC}/{pid}/task"
+    try:
+        tasks = os.listdir(base)
+    except OSError:
+        return []
+    out: list[int] = []
+    for task in tasks:
+        try:
+            with open(f"{base}/{task}/children", "rb") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            if task == str(pid):
+                return None  # kernel without CONFIG_PROC_CHILDREN
+            continue
+        except OSError:
+            continue
+        out.extend(int(c) for c in text.split())
+    return out
+
+
 def process_tree(pid: int | None = None) -> frozenset[int]:
     """``pid`` (default: this process) and all its live descendants.
 
-    A snapshot: processes may start or exit while ``/proc`` is scanned.  Where
-    ``/proc`` is missing (macOS, Windows) the answer is ``{pid}``.
+    A snapshot: processes may start or exit while ``/proc`` is read.  Reads only the
+    subtree through ``/proc/PID/task/*/children`` where the kernel provides it, else
+    scans every ``/proc/PID/stat``.  Where ``/proc`` is missing (macOS, Windows) the
+    answer is ``{pid}``.
     """
     root = os.getpid() if pid is None else pid
+    tree = {root}
+    stack = [root]
+    while stack:
+        children = _children(stack.pop())
+        if children is None:
+            return _scan_all(root)
+        for child in children:
+            if child not in tree:
+                tree.add(child)
+                stack.append(child)
+    return frozenset(tree)
+
+
+def _scan_all(root: int) -> frozenset[int]:
     children = _parents()
     tree = {root}
     stack = [root]

@@ -81,6 +81,15 @@ def test_tree_of_a_child_is_that_child_and_its_descendants(family: Family) -> No
     assert proctree.process_tree(family.grandchild) == {family.grandchild}
 
 
+def test_the_full_proc_scan_finds_the_same_tree(
+    family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast = proctree.process_tree(family.child.pid)
+    # A kernel without /proc/PID/task/*/children: every /proc/PID/stat is read instead.
+    monkeypatch.setattr(proctree, "_children", lambda pid: None)
+    assert proctree.process_tree(family.child.pid) == fast == {family.child.pid, family.grandchild}
+
+
 def test_cmdline_of_live_processes(family: Family) -> None:
     assert proctree.cmdline(family.grandchild) == f"{sys.executable} -c {_SLEEPER}"
     assert "subprocess.Popen" in proctree.cmdline(family.child.pid)
