@@ -2,7 +2,7 @@
 
 Registered only when the check is on (``--gpu-leak-check``, or a test carries the
 ``gpu_leak_check`` marker), in every process that runs tests (not in an xdist
-controller).  One :class:`~plugins.runs.CheckRun` is one tracker's life: a test
+controller).  One :class:`~memdiag_pytest.runs.CheckRun` is one tracker's life: a test
 (``function`` scope), or a module / the session (``module`` / ``session`` scope).
 
 Baseline.  A run's baseline is taken right before the first fixture of the run's
@@ -25,7 +25,7 @@ with logging deferred (as pytest-forked does in its child), so a leak can fail t
 test's own call report; a test that already failed on its own keeps that failure,
 and the leak is reported separately on its teardown report (an error), as is the
 leak of a module or session run, which blames that scope's fixtures
-(:mod:`plugins.reporting`).
+(:mod:`memdiag_pytest.reporting`).
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ from memdiag.census import StorageLedger
 from memdiag.readings import DeviceReading, ProcessUsage
 from memdiag.result import CheckResult
 from memdiag.tracker import Tracker
-from plugins import describe, reporting
-from plugins.marks import closest, options_from
-from plugins.options import Settings
-from plugins.results import ResultsCollector
-from plugins.runs import (
+
+from . import describe, reporting
+from .marks import closest, options_from
+from .options import Settings
+from .results import ResultsCollector
+from .runs import (
     RANK,
     CheckRun,
     TestState,

@@ -21,7 +21,8 @@ from memdiag.readings import DeviceReading
 from memdiag.result import CheckResult
 from memdiag.tracker import Tracker
 from memdiag.units import Tolerance
-from plugins.marks import MarkOptions
+
+from .marks import MarkOptions
 
 __all__ = [
     "RANK",

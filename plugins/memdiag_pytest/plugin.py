@@ -3,7 +3,7 @@
 Registered through the ``pytest11`` entry point.  This module imports only pytest and
 the standard library: without ``--gpu-leak-check`` (and without a test marked
 ``gpu_leak_check``) a test run loads neither torch, nor memdiag's backends, nor any
-vendor library.  The stateful :class:`~plugins.manager.LeakCheckManager` is created
+vendor library.  The stateful :class:`~memdiag_pytest.manager.LeakCheckManager` is created
 and registered only when the check is on.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from plugins.marks import MARKERS, marker_help
-from plugins.options import add_options, is_enabled, read_settings
+from .marks import MARKERS, marker_help
+from .options import add_options, is_enabled, read_settings
 
 __all__ = ["NullTracker"]
 
@@ -44,7 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _activate(config, only_marked=False)
     elif not _is_xdist_worker(config):
         # Results of tests opted in with the marker still need a summary here.
-        from plugins.results import ResultsCollector
+        from .results import ResultsCollector
 
         config.pluginmanager.register(ResultsCollector(config, json_path=None, header=""), RESULTS)
 
@@ -52,7 +52,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def _activate(config: pytest.Config, *, only_marked: bool) -> None:
     """Validate the options (fail fast) and register what this process needs."""
     from memdiag.backends.registry import UsageError, select
-    from plugins.results import ResultsCollector
+
+    from .results import ResultsCollector
 
     settings = read_settings(config)
     try:
@@ -77,7 +78,7 @@ def _activate(config: pytest.Config, *, only_marked: bool) -> None:
         )
     if _is_xdist_controller(config):
         return  # the workers check; the controller only reports
-    from plugins.manager import LeakCheckManager
+    from .manager import LeakCheckManager
 
     config.pluginmanager.register(
         LeakCheckManager(config, settings, selection, only_marked=only_marked), MANAGER

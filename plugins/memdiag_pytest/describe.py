@@ -17,7 +17,8 @@ from memdiag.readings import DeviceReading
 from memdiag.report.terminal import render_terminal
 from memdiag.result import CheckResult, PhaseRecord
 from memdiag.units import format_bytes
-from plugins.failure import SECTION, LeakFailure
+
+from .failure import SECTION, LeakFailure
 
 __all__ = [
     "PeakViolation",

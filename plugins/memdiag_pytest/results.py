@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from plugins.failure import LeakFailure, LeakRepr
+from .failure import LeakFailure, LeakRepr
 
 __all__ = ["PAYLOAD", "ResultsCollector", "format_bytes"]
 

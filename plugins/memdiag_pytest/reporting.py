@@ -3,7 +3,7 @@
 Runs in the process that checked (a worker under xdist, the child under
 ``--forked``).  What it attaches to the test reports is plain JSON data
 (``report.memdiag`` and ``report.memdiag_failure``), read back on the reporting side
-by :class:`~plugins.results.ResultsCollector`.  Which report fails: the test's own
+by :class:`~memdiag_pytest.results.ResultsCollector`.  Which report fails: the test's own
 call report when reports are deferred and the call passed (a leak is the test's
 failure), otherwise the teardown report (an error), combined with the failure it
 already carries, if any.
@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from memdiag.result import CheckResult
-from plugins import describe
-from plugins.failure import SECTION, LeakFailure, LeakRepr
-from plugins.results import FAILURE, PAYLOAD
+
+from . import describe
+from .failure import SECTION, LeakFailure, LeakRepr
+from .results import FAILURE, PAYLOAD
 
 __all__ = ["attach_payload", "blame_of", "fail", "failing_report"]
 
