@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from _pytest._code.code import TerminalRepr
 from _pytest._io import TerminalWriter
 
-__all__ = ["SECTION", "LeakFailure", "LeakRepr"]
+__all__ = ["SECTION", "LeakFailure", "LeakRepr", "MessageRepr"]
 
 SECTION = "memdiag leak report"
 
@@ -36,19 +36,27 @@ class CrashLocation:
         return f"{self.path}:{self.lineno}: {self.message}"
 
 
-class LeakRepr(TerminalRepr):
-    """The long repr of a leak failure; ``reprcrash.message`` is its one-line summary."""
+class MessageRepr(TerminalRepr):
+    """A failure memdiag reports: ``reprcrash.message`` is its one-line summary."""
 
-    def __init__(self, failure: LeakFailure, path: str, lineno: int) -> None:
-        self.failure = failure
-        self.reprcrash = CrashLocation(path, lineno, failure.message)
+    def __init__(self, message: str, long_repr: str, path: str, lineno: int) -> None:
+        self.long_repr = long_repr
+        self.reprcrash = CrashLocation(path, lineno, message)
 
     def toterminal(self, tw: TerminalWriter) -> None:
-        for line in self.failure.long_repr.splitlines():
+        for line in self.long_repr.splitlines():
             tw.line(line, red=line.startswith("memdiag:"))
 
     def __str__(self) -> str:
-        return self.failure.long_repr
+        return self.long_repr
+
+
+class LeakRepr(MessageRepr):
+    """The long repr of a leak failure."""
+
+    def __init__(self, failure: LeakFailure, path: str, lineno: int) -> None:
+        super().__init__(failure.message, failure.long_repr, path, lineno)
+        self.failure = failure
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
-import warnings
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -49,9 +47,9 @@ from memdiag.result import CheckResult
 from memdiag.tracker import Tracker
 
 from . import describe, reporting
+from .isolation import CUDA_REFUSAL, Isolation, child_events_path, cuda_initialized, wants_fork
 from .marks import closest, options_from
 from .options import Settings
-from .results import ResultsCollector
 from .runs import (
     RANK,
     CheckRun,
@@ -61,11 +59,7 @@ from .runs import (
     unit_of,
 )
 
-__all__ = ["LeakCheckManager", "MemdiagWarning"]
-
-
-class MemdiagWarning(pytest.PytestWarning):
-    """A condition that makes memdiag's checks unreliable."""
+__all__ = ["LeakCheckManager"]
 
 
 class LeakCheckManager:
@@ -92,7 +86,9 @@ class LeakCheckManager:
         self._test: TestState | None = None
         self._deferring = False
         self._excluding = 0
-        self._cuda_warned = False
+        self.isolation = (
+            None if child_events_path() is not None else Isolation(config, settings.isolate)
+        )
 
     # -- which tests ---------------------------------------------------------------------------
     def _mark_of(self, node: pytest.Item | pytest.Collector) -> pytest.Mark | None:
@@ -111,23 +107,29 @@ class LeakCheckManager:
         return test.run.tracker
 
     # -- the protocol: log reports only once the check has run ---------------------------------
-    @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_runtest_protocol")
-    def pytest_runtest_protocol_guard(
-        self, item: pytest.Item, nextitem: pytest.Item | None
-    ) -> Generator[None, object, object]:
-        if _forked(item):
-            self._warn_if_cuda_initialized()
-        return (yield)
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Refuse fork isolation before any test runs when CUDA is already initialised."""
+        isolation = self.isolation
+        if isolation is None or not cuda_initialized():
+            return
+        if any(isolation.mode_for(item) == "fork" for item in session.items):
+            where = "by a conftest, plugin or module imported before the first test"
+            raise pytest.UsageError("memdiag: " + CUDA_REFUSAL.format(where=where))
 
-    @pytest.hookimpl(specname="pytest_runtest_protocol")
-    def pytest_runtest_protocol_deferred(
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(
         self, item: pytest.Item, nextitem: pytest.Item | None
     ) -> bool | None:
-        """pytest's own protocol, with each report logged only after the teardown's check.
-
-        (Under ``--forked`` the forked plugin runs first and does the same in its child.)
-        """
-        if self.scope == "function" and not self._wanted(item):
+        """pytest's own protocol, with each report logged only after the teardown's check;
+        or the test run in a child process (``--gpu-leak-isolate``, ``--forked``), whose
+        reports are logged here.  Runs before pytest-forked's, which it replaces."""
+        mode = self.isolation.mode_for(item) if self.isolation is not None else None
+        if mode is not None:
+            assert self.isolation is not None
+            self.isolation.run(item, nextitem, mode)
+            return True
+        if self.scope == "function" and not self._wanted(item) and not wants_fork(item):
             return None
         ihook = item.ihook
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
@@ -140,28 +142,6 @@ class LeakCheckManager:
             ihook.pytest_runtest_logreport(report=report)
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return True
-
-    def _warn_if_cuda_initialized(self) -> None:
-        if self._cuda_warned or os.getpid() != self._pid:
-            return
-        torch = sys.modules.get("torch")  # never import torch just to ask
-        cuda = getattr(torch, "cuda", None)
-        is_initialized = getattr(cuda, "is_initialized", None)
-        if not callable(is_initialized) or not is_initialized():
-            return
-        self._cuda_warned = True
-        message = (
-            "CUDA was initialised in the pytest process before tests were forked (by a "
-            "conftest, plugin or module imported at collection); forked children cannot use "
-            "CUDA, so their tests and checks will fail. Move CUDA work into fixtures or tests."
-        )
-        collector = self.config.pluginmanager.get_plugin("memdiag-results")
-        if isinstance(collector, ResultsCollector):
-            collector.notices.append(message)
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"memdiag WARNING: {message}", red=True, bold=True)
-        warnings.warn(MemdiagWarning(message), stacklevel=1)
 
     # -- setup ---------------------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
@@ -510,12 +490,6 @@ class LeakCheckManager:
     # -- session end ---------------------------------------------------------------------------
     def pytest_sessionfinish(self) -> None:
         self._close_run()
-
-
-def _forked(item: pytest.Item) -> bool:
-    return bool(item.config.getoption("forked", default=False)) or (
-        item.get_closest_marker("forked") is not None
-    )
 
 
 def _shifted(base: DeviceReading, before: DeviceReading, after: DeviceReading) -> DeviceReading:

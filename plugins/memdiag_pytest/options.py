@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -19,7 +20,18 @@ import pytest
 if TYPE_CHECKING:
     from memdiag.units import Tolerance
 
-__all__ = ["SCOPES", "Settings", "add_options", "is_enabled", "read_settings", "value_or_ini"]
+__all__ = [
+    "CHILD_ENV",
+    "SCOPES",
+    "Settings",
+    "add_options",
+    "is_enabled",
+    "read_settings",
+    "value_or_ini",
+]
+
+CHILD_ENV = "MEMDIAG_PYTEST_CHILD"
+"""Set in a spawned child (``--gpu-leak-isolate=spawn``): the file its reports go to."""
 
 SCOPES = ("function", "module", "session")
 """Check granularity: one tracker per test, per module, or for the whole session."""
@@ -87,6 +99,14 @@ OPTIONS = (
         "record allocation stacks to show where leaked tensors were allocated (slower)",
     ),
     _Option(
+        "gpu_leak_isolate",
+        "value",
+        "MODE",
+        "run each test in a process of its own: fork (a child forked from pytest; refused "
+        "when CUDA is initialised in pytest) or spawn (a fresh interpreter per test, safe "
+        "with CUDA in pytest); default none (--forked means fork)",
+    ),
+    _Option(
         "gpu_leak_json",
         "value",
         "PATH",
@@ -126,6 +146,16 @@ def value_or_ini(config: pytest.Config, name: str) -> object:
     return config.getini(name)
 
 
+def options_given(config: pytest.Config) -> list[str]:
+    """The ``--gpu-leak-*`` options given on the command line, other than the check itself."""
+    return [
+        option.flag
+        for option in OPTIONS
+        if option.name != "gpu_leak_check"
+        and config.getoption(option.name, default=None) not in (None, False, [])
+    ]
+
+
 def is_enabled(config: pytest.Config) -> bool:
     return bool(value_or_ini(config, "gpu_leak_check"))
 
@@ -140,6 +170,8 @@ class Settings:
     scope: str
     alloc_stacks: bool
     json_path: Path | None
+    isolate: str = "none"
+    """``none``, ``fork`` or ``spawn``: where each test runs (``--forked`` means fork)."""
 
     def describe(self) -> str:
         if self.tolerance:
@@ -148,7 +180,8 @@ class Settings:
             )
         else:
             tolerance = "1.0 MiB"
-        return f"{self.scope} scope, tolerance {tolerance}, settle {self.settle:g} s"
+        isolated = "" if self.isolate == "none" else f", each test in a {self.isolate}ed process"
+        return f"{self.scope} scope, tolerance {tolerance}, settle {self.settle:g} s{isolated}"
 
 
 def _text(config: pytest.Config, name: str) -> str | None:
@@ -189,6 +222,34 @@ def parse_settle(value: object, *, where: str) -> float:
     return settle
 
 
+def read_isolate(config: pytest.Config, scope: str) -> str:
+    """``none``, ``fork`` or ``spawn``, validated against the scope and the platform."""
+    from .isolation import MODES, child_events_path
+
+    if child_events_path() is not None:
+        return "none"  # this process is the child of an isolated test
+    isolate = _text(config, "gpu_leak_isolate") or "none"
+    if isolate not in MODES:
+        raise pytest.UsageError(
+            f"--gpu-leak-isolate / gpu_leak_isolate {isolate!r} is not a mode; accepted: "
+            f"{', '.join(MODES)}"
+        )
+    forked = bool(config.getoption("forked", default=False))
+    asked = f"--gpu-leak-isolate={isolate}" if isolate != "none" else "--forked"
+    if (isolate != "none" or forked) and scope != "function":
+        raise pytest.UsageError(
+            f"{asked} runs each test in a process of its own, so a {scope}-scoped check "
+            "cannot see the tests of its scope together; use --gpu-leak-scope=function, "
+            "or drop the isolation"
+        )
+    if (isolate == "fork" or (forked and isolate == "none")) and not hasattr(os, "fork"):
+        raise pytest.UsageError(
+            f"{asked} needs os.fork, which this platform does not have; use "
+            "--gpu-leak-isolate=spawn"
+        )
+    return "fork" if forked and isolate == "none" else isolate
+
+
 def read_settings(config: pytest.Config) -> Settings:
     """Every option's value, validated; raises :class:`pytest.UsageError`."""
     scope = _text(config, "gpu_leak_scope") or "function"
@@ -226,7 +287,9 @@ def read_settings(config: pytest.Config) -> Settings:
                 f"{str(json_path.parent)!r} does not exist; accepted: a file path in an "
                 "existing directory"
             )
+    isolate = read_isolate(config, scope)
     return Settings(
+        isolate=isolate,
         device=_text(config, "gpu_leak_device") or "auto",
         tolerance=tolerance,
         settle=settle,

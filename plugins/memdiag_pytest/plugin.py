@@ -10,15 +10,17 @@ and registered only when the check is on.
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from .marks import MARKERS, marker_help
-from .options import add_options, is_enabled, read_settings
+from .options import CHILD_ENV, add_options, is_enabled, options_given, read_settings
 
-__all__ = ["NullTracker"]
+__all__ = ["MemdiagWarning", "NullTracker"]
 
 MANAGER = "memdiag-manager"
 RESULTS = "memdiag-results"
@@ -37,9 +39,21 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
     return not _is_xdist_worker(config) and getattr(config.option, "dist", "no") != "no"
 
 
+class MemdiagWarning(pytest.PytestWarning):
+    """An option or condition that makes memdiag's check do something else than asked."""
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker_help(marker))
+    if os.environ.get(CHILD_ENV):
+        # This process runs one test for an isolated parent (--gpu-leak-isolate=spawn).
+        from .isolation import ChildChannel, child_events_path
+
+        path = child_events_path()
+        assert path is not None
+        config.pluginmanager.register(ChildChannel(config, path), "memdiag-child")
     if is_enabled(config):
         _activate(config, only_marked=False)
     elif not _is_xdist_worker(config):
@@ -92,6 +106,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     if any(item.get_closest_marker("gpu_leak_check") for item in items):
         _activate(config, only_marked=True)
+    elif not _is_xdist_worker(config) and (given := options_given(config)):
+        names = ", ".join(given)
+        warnings.warn(
+            MemdiagWarning(
+                f"{names} given, but the leak check is off (no --gpu-leak-check, no "
+                "gpu_leak_check ini value, no test marked gpu_leak_check), so nothing is "
+                "checked; add --gpu-leak-check"
+            ),
+            stacklevel=1,
+        )
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -103,6 +103,118 @@ def test_xdist_workers_check_and_the_controller_summarises(suite: pytest.Pyteste
     ]
 
 
+ISOLATED = """
+import functools
+import warnings
+
+import torch
+
+@functools.lru_cache(maxsize=None)
+def load_weights(n):
+    return torch.zeros(n)
+
+def test_leaks():
+    warnings.warn(UserWarning("said in the child"))
+    load_weights(1 << 20)
+
+def test_clean():
+    x = torch.zeros(1 << 20)
+    del x
+"""
+
+
+@pytest.mark.parametrize(
+    ("isolation", "label"),
+    [
+        (["--forked"], "fork"),
+        (["--gpu-leak-isolate=fork"], "fork"),
+        (["--gpu-leak-isolate=spawn"], "spawn"),
+        # memdiag's own option decides over --forked; each xdist worker spawns its tests.
+        (["--gpu-leak-isolate=spawn", "--forked", "-n", "2"], "spawn"),
+    ],
+)
+def test_isolation_fails_exactly_the_leaking_test_naming_its_retainer(
+    pytester: pytest.Pytester, isolation: list[str], label: str
+) -> None:
+    if find_spec("torch") is None:
+        pytest.skip("needs torch")
+    pytester.makepyfile(test_isolated=ISOLATED)
+    report = pytester.path / "r.json"
+    result = pytester.runpytest_subprocess(
+        "--gpu-leak-check", "--gpu-leak-settle=0", f"--gpu-leak-json={report}", *isolation
+    )
+    result.assert_outcomes(passed=1, failed=1, warnings=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            f"memdiag: leak check on cpu; function scope, *, each test in a {label}ed process",
+            "FAILED test_isolated.py::test_leaks - memdiag: cpu: 4.0 MiB over baseline "
+            "(tolerance 1.0 MiB), live tensors*; held by lru_cache of "
+            "test_isolated.load_weights -> cached value (cpu, 4.0 MiB) after the test",
+            "*- memdiag leak report -*",
+            "*UserWarning: said in the child",  # the child's warnings reach the summary
+            "memdiag: checked 2 tests (cpu; *): 1 clean, 1 leaking",
+        ]
+    )
+    data = json.loads(report.read_text())
+    assert {t["nodeid"]: t["leaked"] for t in data["tests"]} == {
+        "test_isolated.py::test_leaks": True,
+        "test_isolated.py::test_clean": False,
+    }
+
+
+CRASHING = """
+import os
+import signal
+
+def test_crashes():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def test_exits():
+    os._exit(5)
+
+def test_stops_the_session_after_this():
+    pass
+"""
+
+
+@pytest.mark.parametrize("mode", ["fork", "spawn"])
+def test_a_child_that_dies_fails_its_test_saying_how(pytester: pytest.Pytester, mode: str) -> None:
+    pytester.makepyfile(test_crashing=CRASHING)
+    result = pytester.runpytest_subprocess(
+        "--gpu-leak-check", "--gpu-leak-device=fake", f"--gpu-leak-isolate={mode}"
+    )
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines_random(
+        [
+            f"FAILED test_crashing.py::test_crashes - memdiag: the {mode}ed child running "
+            "this test crashed with signal 9 (SIGKILL)*",
+            f"FAILED test_crashing.py::test_exits - memdiag: the {mode}ed child running this "
+            "test exited with status 5 before it finished*",
+        ]
+    )
+
+
+def test_fork_is_refused_when_cuda_is_initialised_in_pytest(pytester: pytest.Pytester) -> None:
+    """A fake CUDA state on CPU (the GPU twin initialises real CUDA)."""
+    if find_spec("torch") is None:
+        pytest.skip("needs torch")
+    pytester.makeconftest("import torch\ntorch.cuda.is_initialized = lambda: True\n")
+    pytester.makepyfile("def test_a(): pass\n")
+    for option in ("--forked", "--gpu-leak-isolate=fork"):
+        result = pytester.runpytest_subprocess("--gpu-leak-check", option)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(
+            [
+                "ERROR: memdiag: CUDA is initialised in the pytest process (by a conftest, "
+                "plugin or module imported before the first test), and a child forked from "
+                "it cannot use CUDA, so memdiag does not fork tests (--gpu-leak-isolate=fork, "
+                "--forked, @pytest.mark.forked); use --gpu-leak-isolate=spawn*"
+            ]
+        )
+    result = pytester.runpytest_subprocess("--gpu-leak-check", "--gpu-leak-isolate=spawn")
+    result.assert_outcomes(passed=1)
+
+
 NO_SIDE_EFFECTS = """
 import sys
 
@@ -127,15 +239,56 @@ def test_off_imports_nothing_heavy(pytester: pytest.Pytester) -> None:
     assert "memdiag: " not in result.stdout.str()  # no header, no summary
 
 
+CUDA_ISOLATED = """
+import functools
+
+import torch
+
+@functools.lru_cache(maxsize=None)
+def load_weights(n):
+    return torch.zeros(n, device="cuda")
+
+def test_leaks():
+    load_weights(1 << 22)
+
+def test_clean():
+    x = torch.zeros(1 << 22, device="cuda")
+    del x
+"""
+
+
 @pytest.mark.gpu
-def test_forked_warns_once_when_cuda_is_initialised_before_forking(
-    pytester: pytest.Pytester,
+@pytest.mark.parametrize(
+    "isolation", ["--forked", "--gpu-leak-isolate=fork", "--gpu-leak-isolate=spawn"]
+)
+def test_cuda_isolation_fails_exactly_the_leaking_test(
+    pytester: pytest.Pytester, isolation: str
 ) -> None:
+    pytester.makepyfile(test_isolated=CUDA_ISOLATED)
+    result = pytester.runpytest_subprocess("--gpu-leak-check", "--gpu-leak-settle=0", isolation)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "memdiag: leak check on cuda:0*each test in a *ed process",
+            "FAILED test_isolated.py::test_leaks - memdiag: cuda:0: 16.0 MiB over baseline*"
+            "held by lru_cache of test_isolated.load_weights*",
+            "memdiag: checked 2 tests (cuda:0*): 1 clean, 1 leaking",
+        ]
+    )
+
+
+@pytest.mark.gpu
+def test_cuda_in_the_parent_refuses_fork_and_spawn_works(pytester: pytest.Pytester) -> None:
     pytester.makeconftest("import torch\ntorch.zeros(1, device='cuda')\n")
-    pytester.makepyfile("def test_a(): pass\ndef test_b(): pass\n")
-    result = pytester.runpytest_subprocess("--forked", "--gpu-leak-check")
-    result.stdout.fnmatch_lines(["memdiag WARNING: CUDA was initialised in the pytest process*"])
-    assert result.stdout.str().count("memdiag WARNING: CUDA was initialised") == 2  # live + summary
+    pytester.makepyfile(test_isolated=CUDA_ISOLATED)
+    result = pytester.runpytest_subprocess("--gpu-leak-check", "--gpu-leak-isolate=fork")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: memdiag: CUDA is initialised in the pytest process*"])
+    result = pytester.runpytest_subprocess(
+        "--gpu-leak-check", "--gpu-leak-settle=0", "--gpu-leak-isolate=spawn"
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_isolated.py::test_leaks - memdiag: cuda:0: *"])
 
 
 @pytest.mark.gpu

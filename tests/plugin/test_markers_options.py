@@ -178,9 +178,18 @@ def test_help_lists_options_and_markers(pytester: pytest.Pytester) -> None:
             "  --gpu-leak-settle=SECONDS*",
             "  --gpu-leak-scope=SCOPE*",
             "  --gpu-leak-alloc-stacks*",
+            "  --gpu-leak-isolate=MODE",
+            "*run each test in a process of its own: fork (a child forked from pytest; *",
             "  --gpu-leak-json=PATH*",
         ]
     )
+    # Every option has help text (a line of its own text after the flag).
+    from memdiag_pytest.options import OPTIONS
+
+    text = " ".join(result.stdout.str().split())
+    for option in OPTIONS:
+        assert option.flag in text
+        assert " ".join(option.help.split()) in text, option.name
     result.stdout.fnmatch_lines(["  gpu_leak_check (bool):*", "  gpu_leak_scope (string):*"])
     result = pytester.runpytest("--markers")
     result.stdout.fnmatch_lines(
@@ -211,11 +220,22 @@ def test_help_lists_options_and_markers(pytester: pytest.Pytester) -> None:
         ),
         ("--gpu-leak-device=nope", "*--gpu-leak-device / gpu_leak_device 'nope': *accepted: auto*"),
         ("--gpu-leak-json=/no/such/dir/r.json", "*gpu_leak_json*does not exist; accepted*"),
+        (
+            "--gpu-leak-isolate=thread",
+            "*--gpu-leak-isolate / gpu_leak_isolate 'thread' is not a mode; accepted: none, "
+            "fork, spawn",
+        ),
+        (
+            "--gpu-leak-isolate=fork --gpu-leak-scope=module",
+            "*--gpu-leak-isolate=fork runs each test in a process of its own, so a "
+            "module-scoped check cannot see the tests of its scope together; use "
+            "--gpu-leak-scope=function*",
+        ),
     ],
 )
 def test_bad_values_are_usage_errors(pytester: pytest.Pytester, option: str, message: str) -> None:
     pytester.makepyfile("def test_nothing(): pass")
-    result = pytester.runpytest("--gpu-leak-check", option)
+    result = pytester.runpytest("--gpu-leak-check", *option.split())
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
 
@@ -247,3 +267,21 @@ def test_clean(gpu_leak_tracker):
     failure = cases["test_leak"].find("failure")
     assert failure is not None
     assert failure.get("message", "").startswith("memdiag: fake:0: 8.0 MiB over baseline")
+
+
+def test_an_option_without_the_check_is_a_warning(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest("--gpu-leak-settle=3", "--gpu-leak-isolate=spawn")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*MemdiagWarning: --gpu-leak-settle, --gpu-leak-isolate given, but the leak check "
+            "is off (no --gpu-leak-check, no gpu_leak_check ini value, no test marked "
+            "gpu_leak_check), so nothing is checked; add --gpu-leak-check",
+        ]
+    )
+    # Not when a marked test turns the check on: the options apply to it.
+    pytester.makepyfile("import pytest\n@pytest.mark.gpu_leak_check\ndef test_marked(): pass\n")
+    result = pytester.runpytest("--gpu-leak-settle=3", "--gpu-leak-device=fake")
+    result.assert_outcomes(passed=1)
+    assert "MemdiagWarning" not in result.stdout.str()
