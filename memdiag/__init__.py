@@ -1,15 +1,20 @@
 """memdiag: find GPU memory that does not come back, and say who holds it.
 
 Importing memdiag imports neither torch nor any vendor library: backends load them
-when a tracker starts.
+when a tracker starts.  The names below load on first use, so importing a value type
+(``from memdiag import Finding``) does not import the tracker.
 """
 
 from __future__ import annotations
 
-from memdiag.findings import Finding, FindingKind
-from memdiag.result import CheckResult
-from memdiag.tracker import Tracker, active_tracker, phase, track
-from memdiag.units import Tolerance, format_bytes, parse_size, parse_tolerance
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from memdiag.check.tracker import Tracker, active_tracker, phase, track
+    from memdiag.values.findings import Finding, FindingKind
+    from memdiag.values.result import CheckResult
+    from memdiag.values.units import Tolerance, format_bytes, parse_size, parse_tolerance
 
 __all__ = [
     "CheckResult",
@@ -26,3 +31,30 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_HOMES = {
+    "CheckResult": "memdiag.values.result",
+    "Finding": "memdiag.values.findings",
+    "FindingKind": "memdiag.values.findings",
+    "Tolerance": "memdiag.values.units",
+    "Tracker": "memdiag.check.tracker",
+    "active_tracker": "memdiag.check.tracker",
+    "format_bytes": "memdiag.values.units",
+    "parse_size": "memdiag.values.units",
+    "parse_tolerance": "memdiag.values.units",
+    "phase": "memdiag.check.tracker",
+    "track": "memdiag.check.tracker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'memdiag' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

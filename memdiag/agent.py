@@ -2,10 +2,10 @@
 
 A leak inside a worker's heap can only be explained from inside the worker: its
 retainer chains live there.  The agent runs memdiag's own check in the worker (a
-:class:`~memdiag.tracker.Tracker` from the moment it is installed to the worker's
+:class:`~memdiag.check.tracker.Tracker` from the moment it is installed to the worker's
 exit) and writes ``<dir>/memdiag-<pid>.json``: ``CheckResult.to_json()`` plus the
 worker's pid, command line and rank.  The parent merges these reports into its own
-(:func:`memdiag.merge.merge_worker_reports`).
+(:func:`memdiag.workers.merge.merge_worker_reports`).
 
 Python runs nothing automatically at interpreter start short of ``sitecustomize``,
 so a worker opts in one of three ways, all driven by ``MEMDIAG_AGENT_DIR`` (the
@@ -40,9 +40,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from memdiag.backends.proctree import cmdline as proc_cmdline
-from memdiag.distributed import current_rank, rank_info
-from memdiag.result import CheckResult
+from memdiag.processes.distributed import current_rank, rank_info
+from memdiag.processes.proctree import cmdline as proc_cmdline
+from memdiag.report.json_report import write_json
+from memdiag.values.result import CheckResult
+from memdiag.workers.env import ENV_DEVICE, ENV_DIR, ENV_SETTLE, report_path
+from memdiag.workers.runner import ScriptNotFound, run_script
 
 __all__ = [
     "ENV_DEVICE",
@@ -57,19 +60,7 @@ __all__ = [
     "write_report",
 ]
 
-ENV_DIR = "MEMDIAG_AGENT_DIR"
-"""Directory the workers write their reports to; unset means the agent is off."""
-ENV_DEVICE = "MEMDIAG_AGENT_DEVICE"
-"""``--device`` of the workers' trackers (default ``auto``)."""
-ENV_SETTLE = "MEMDIAG_AGENT_SETTLE"
-"""``--settle`` seconds of the workers' trackers (default: the tracker's)."""
-
 R = TypeVar("R")
-
-
-def report_path(directory: str | os.PathLike[str], pid: int | None = None) -> Path:
-    """``<directory>/memdiag-<pid>.json``."""
-    return Path(directory) / f"memdiag-{os.getpid() if pid is None else pid}.json"
 
 
 class Agent:
@@ -83,7 +74,7 @@ class Agent:
         settle: float | None = None,
         rank: int | None = None,
     ) -> None:
-        from memdiag.tracker import Tracker
+        from memdiag.check.tracker import Tracker
 
         self.directory = directory
         self.pid = os.getpid()
@@ -124,8 +115,6 @@ class Agent:
             return self.path
 
     def _write(self, result: CheckResult, *, when: str) -> None:
-        from memdiag.report.json_report import write_json
-
         self.directory.mkdir(parents=True, exist_ok=True)
         info = rank_info()
         rank = self.rank if self.rank is not None else current_rank()
@@ -341,8 +330,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.modules["__main__"] = saved_main
             del module
         return code
-    from memdiag.runner import ScriptNotFound, run_script
-
     try:
         run = run_script(rest[0], rest[1:])
     except ScriptNotFound as exc:

@@ -35,9 +35,9 @@ import os
 import time
 from typing import Any
 
-from memdiag.backends import proctree
 from memdiag.backends.base import Availability, BackendUnavailable
-from memdiag.readings import DeviceReading, ProcessUsage
+from memdiag.processes import proctree
+from memdiag.values.readings import DeviceReading, ProcessUsage
 
 __all__ = ["AmdSmiBackend", "visible_indexes"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from memdiag.readings import DeviceReading
+from memdiag.values.readings import DeviceReading
 
 __all__ = ["Availability", "Backend", "BackendUnavailable"]
 

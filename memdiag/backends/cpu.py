@@ -12,8 +12,8 @@ import sys
 import time
 
 from memdiag.backends.base import Availability, BackendUnavailable
-from memdiag.census import live_cpu_bytes
-from memdiag.readings import DeviceReading
+from memdiag.heap.census import live_cpu_bytes
+from memdiag.values.readings import DeviceReading
 
 __all__ = ["CpuBackend"]
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from memdiag.backends.base import Availability, BackendUnavailable
-from memdiag.readings import DeviceReading, ProcessUsage
+from memdiag.values.readings import DeviceReading, ProcessUsage
 
 __all__ = ["FakeBackend", "FakeDevice"]
 

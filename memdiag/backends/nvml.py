@@ -12,7 +12,7 @@ order, which is PCI bus order: CUDA's own default order (``CUDA_DEVICE_ORDER=
 FASTEST_FIRST``) agrees with it except on machines that mix GPU models.
 
 Memory charged to this process is the sum over this process and its descendants
-(:func:`memdiag.backends.proctree.process_tree`).  In a container NVML may report no
+(:func:`memdiag.processes.proctree.process_tree`).  In a container NVML may report no
 per-process figure (``usedGpuMemory`` is ``None``), or report PIDs of the host's PID
 namespace: the reading then says so in ``extra`` rather than guess.
 """
@@ -27,9 +27,9 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from memdiag.backends import proctree
 from memdiag.backends.base import Availability, BackendUnavailable
-from memdiag.readings import DeviceReading, ProcessUsage
+from memdiag.processes import proctree
+from memdiag.values.readings import DeviceReading, ProcessUsage
 
 __all__ = ["NvmlBackend", "nvml_device_count", "visible_handles"]
 

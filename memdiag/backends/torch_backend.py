@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from memdiag.backends.base import Availability, BackendUnavailable
-from memdiag.readings import DeviceReading
+from memdiag.values.readings import DeviceReading
 
 __all__ = ["TorchBackend"]
 

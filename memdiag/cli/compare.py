@@ -9,7 +9,7 @@ from rich.console import Console
 from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, CliError
 from memdiag.cli.report import read_report
 from memdiag.report.compare import compare
-from memdiag.units import parse_size
+from memdiag.values.units import parse_size
 
 __all__ = ["COMMAND"]
 

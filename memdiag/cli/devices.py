@@ -9,7 +9,7 @@ from rich.table import Table
 
 from memdiag.backends.base import BackendUnavailable
 from memdiag.backends.registry import probe_all
-from memdiag.units import format_bytes
+from memdiag.values.units import format_bytes
 
 __all__ = ["COMMAND"]
 

@@ -8,10 +8,10 @@ from rich.console import Console
 from rich.table import Table
 
 from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, CliError
-from memdiag.merge import RankRow, ReportError, load_reports, merge_results, rank_rows
 from memdiag.report.json_report import write_json
 from memdiag.report.terminal import render_terminal
-from memdiag.units import format_bytes
+from memdiag.values.units import format_bytes
+from memdiag.workers.merge import RankRow, ReportError, load_reports, merge_results, rank_rows
 
 __all__ = ["COMMAND"]
 

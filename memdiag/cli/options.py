@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from memdiag.cli.errors import CliError
-from memdiag.result import CheckResult
-from memdiag.units import Tolerance, parse_tolerance
+from memdiag.values.result import CheckResult
+from memdiag.values.units import Tolerance, parse_tolerance
 
 __all__ = [
     "add_check_options",

@@ -11,7 +11,7 @@ from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, CliError
 from memdiag.cli.options import add_report_options, emit_annotations, write_reports
 from memdiag.report.json_report import load_report
 from memdiag.report.terminal import render_terminal
-from memdiag.result import CheckResult
+from memdiag.values.result import CheckResult
 
 __all__ = ["COMMAND", "read_report"]
 

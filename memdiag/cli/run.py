@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from memdiag.backends.registry import UsageError
+from memdiag.check.tracker import Tracker
 from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, EXIT_SCRIPT_FAILED, CliError
 from memdiag.cli.options import (
     add_check_options,
@@ -21,12 +22,11 @@ from memdiag.cli.options import (
     tolerances_from,
     write_reports,
 )
-from memdiag.distributed import RankInfo, rank_info, rank_json_path
+from memdiag.processes.distributed import RankInfo, rank_info, rank_json_path
 from memdiag.report.json_report import write_json
 from memdiag.report.progress import status
 from memdiag.report.terminal import render_terminal
-from memdiag.runner import ScriptNotFound, run_script
-from memdiag.tracker import Tracker
+from memdiag.workers.runner import ScriptNotFound, run_script
 
 __all__ = ["COMMAND"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from memdiag.findings import Finding
 from memdiag.report.facts import GroupView, groups_of
+from memdiag.values.findings import Finding
 
 __all__ = ["advice_for", "advice_for_group"]
 

@@ -9,7 +9,7 @@ __all__ = ["Renderer", "write_report"]
 
 
 class Renderer(Protocol):
-    """A report in one output format, built from a :class:`~memdiag.result.CheckResult`."""
+    """A report in one output format, built from a :class:`~memdiag.values.result.CheckResult`."""
 
     def render(self, file: TextIO) -> None:
         """Write the whole report to ``file``."""

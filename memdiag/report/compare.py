@@ -13,8 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from memdiag.report.facts import leaked_bytes, peak_bytes
-from memdiag.result import CheckResult
-from memdiag.units import format_bytes
+from memdiag.values.result import CheckResult
+from memdiag.values.units import format_bytes
 
 __all__ = ["Comparison", "DeviceComparison", "compare"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from memdiag.findings import Finding, FindingKind
-from memdiag.readings import DeviceReading
-from memdiag.result import CheckResult
+from memdiag.values.findings import Finding, FindingKind
+from memdiag.values.readings import DeviceReading
+from memdiag.values.result import CheckResult
 
 __all__ = [
     "KIND_LABELS",

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from memdiag.findings import Finding
 from memdiag.report.advice import advice_for, advice_for_group
 from memdiag.report.facts import groups_of, kind_label, limit_for, ordered_findings
 from memdiag.report.locate import Location, locate_group
-from memdiag.result import CheckResult
-from memdiag.units import format_bytes
+from memdiag.values.findings import Finding
+from memdiag.values.result import CheckResult
+from memdiag.values.units import format_bytes
 
 __all__ = ["Annotation", "GithubReport", "annotations_for", "in_github_actions"]
 

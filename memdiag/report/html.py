@@ -10,7 +10,6 @@ import re
 from html import escape
 from typing import Any, TextIO
 
-from memdiag.findings import Finding
 from memdiag.report.advice import advice_for, advice_for_group
 from memdiag.report.facts import (
     GroupView,
@@ -21,8 +20,9 @@ from memdiag.report.facts import (
     unrooted_groups,
 )
 from memdiag.report.timeline import ALLOCATOR_SERIES, DRIVER_SERIES, timeline_svg
-from memdiag.result import SCHEMA_VERSION, CheckResult
-from memdiag.units import format_bytes
+from memdiag.values.findings import Finding
+from memdiag.values.result import SCHEMA_VERSION, CheckResult
+from memdiag.values.units import format_bytes
 
 __all__ = ["HtmlReport"]
 

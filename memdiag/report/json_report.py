@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from memdiag.report.base import write_report
-from memdiag.result import CheckResult
+from memdiag.values.result import CheckResult
 
 __all__ = ["JsonReport", "load_json", "load_report", "schema", "validate", "write_json"]
 

@@ -10,10 +10,10 @@ from typing import TextIO
 
 from rich.console import Console
 
-from memdiag.findings import Finding
 from memdiag.report.facts import ordered_findings
 from memdiag.report.terminal import finding_block
-from memdiag.result import CheckResult
+from memdiag.values.findings import Finding
+from memdiag.values.result import CheckResult
 
 __all__ = ["JunitReport"]
 

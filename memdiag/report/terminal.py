@@ -14,7 +14,6 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from memdiag.findings import Finding
 from memdiag.report.advice import advice_for
 from memdiag.report.facts import (
     GroupView,
@@ -25,8 +24,9 @@ from memdiag.report.facts import (
     ordered_findings,
     unrooted_groups,
 )
-from memdiag.result import CheckResult
-from memdiag.units import format_bytes
+from memdiag.values.findings import Finding
+from memdiag.values.result import CheckResult
+from memdiag.values.units import format_bytes
 
 __all__ = ["TerminalReport", "render_terminal"]
 

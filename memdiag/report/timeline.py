@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from html import escape
 
 from memdiag.report.facts import Point
-from memdiag.units import format_bytes
+from memdiag.values.units import format_bytes
 
 __all__ = ["ALLOCATOR_SERIES", "DRIVER_SERIES", "Series", "nice_ticks", "timeline_svg"]
 

@@ -1,6 +1,6 @@
 """Who holds the leaked tensors: the entry points.
 
-:func:`analyze_heap` runs the three stages over one :class:`~memdiag.heap.HeapView`:
+:func:`analyze_heap` runs the three stages over one :class:`~memdiag.heap.view.HeapView`:
 
 1. :mod:`~memdiag.retainers.scan`: one chunked pass over the heap finds the tensors
    whose storage is a target and, by a reverse search over the referent ids stored
@@ -10,7 +10,7 @@
 3. :mod:`~memdiag.retainers.grouping`: findings grouped by retainer, sizes counted
    once per storage, framework retention and ignore rules applied.
 
-:func:`analyze` wraps it in :func:`~memdiag.heap.call_with_full_heap` so objects
+:func:`analyze` wraps it in :func:`~memdiag.heap.view.call_with_full_heap` so objects
 frozen by ``gc.freeze()`` are seen without changing the program's freeze state.
 torch is only looked up in ``sys.modules``, never imported.
 """
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from memdiag.heap import HeapView, call_with_full_heap
+from memdiag.heap.view import HeapView, call_with_full_heap
 from memdiag.retainers.describe import is_a
 from memdiag.retainers.grouping import assemble, no_tensor_group
 from memdiag.retainers.known import DEFAULT_KNOWN, IgnoreRule, KnownRetention
@@ -31,7 +31,7 @@ from memdiag.retainers.model import RetainerReport
 from memdiag.retainers.paths import PathForest
 from memdiag.retainers.roots import RootEnv, ThreadStack, capture_threads, own_frame_ids
 from memdiag.retainers.scan import scan_heap
-from memdiag.units import format_bytes
+from memdiag.values.units import format_bytes
 
 __all__ = ["analyze", "analyze_heap"]
 

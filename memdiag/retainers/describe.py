@@ -17,7 +17,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from memdiag.units import format_bytes
+from memdiag.values.units import format_bytes
 
 __all__ = [
     "HopLabeller",

@@ -24,12 +24,12 @@ import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
-from memdiag.heap import HeapView
+from memdiag.heap.view import HeapView
 from memdiag.retainers.describe import qualname, type_name
 from memdiag.retainers.known import IgnoreRule, KnownRetention, match_ignore, match_known
 from memdiag.retainers.model import Edge, RetainerGroup, RetainerReport
 from memdiag.retainers.paths import PSEUDO_KINDS, PathForest
-from memdiag.units import format_bytes
+from memdiag.values.units import format_bytes
 
 __all__ = ["assemble", "no_tensor_group", "signature"]
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from memdiag.units import format_bytes
+from memdiag.values.units import format_bytes
 
 __all__ = ["ROOT_KINDS", "Edge", "RetainerGroup", "RetainerReport"]
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from memdiag.findings import Finding, FindingKind
-from memdiag.readings import DeviceReading
 from memdiag.report.terminal import render_terminal
-from memdiag.result import CheckResult, PhaseRecord
-from memdiag.units import format_bytes
+from memdiag.values.findings import Finding, FindingKind
+from memdiag.values.readings import DeviceReading
+from memdiag.values.result import CheckResult, PhaseRecord
+from memdiag.values.units import format_bytes
 
 from .failure import SECTION, LeakFailure
 

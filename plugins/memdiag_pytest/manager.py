@@ -13,7 +13,7 @@ fixture set up lazily after the baseline (requested by a function fixture, or wi
 added to the baseline: it belongs to the fixture.  A test opted out inside a module
 or session run is excluded the same way.
 
-The shared :class:`~memdiag.census.StorageLedger` (storages alive before a baseline)
+The shared :class:`~memdiag.heap.census.StorageLedger` (storages alive before a baseline)
 is refreshed only when needed: at the first baseline, after a fixture of wider
 scope was set up, after a leak, and when memory kept by passing tests drifted by
 more than half the tolerance since the last refresh.  That heap walk is what makes
@@ -41,10 +41,10 @@ import pytest
 from _pytest.runner import runtestprotocol
 
 from memdiag.backends.registry import Selection
-from memdiag.census import StorageLedger
-from memdiag.readings import DeviceReading, ProcessUsage
-from memdiag.result import CheckResult
-from memdiag.tracker import Tracker
+from memdiag.check.tracker import Tracker
+from memdiag.heap.census import StorageLedger
+from memdiag.values.readings import DeviceReading, ProcessUsage
+from memdiag.values.result import CheckResult
 
 from . import describe, reporting
 from .isolation import CUDA_REFUSAL, Isolation, child_events_path, cuda_initialized, wants_fork

@@ -45,7 +45,7 @@ class MarkOptions:
     """What a ``gpu_leak_check`` marker asks for, validated."""
 
     tolerance: Any = None
-    """A :class:`memdiag.units.Tolerance` or ``None``."""
+    """A :class:`memdiag.values.units.Tolerance` or ``None``."""
     settle: float | None = None
     max_peak: int | None = None
 
@@ -62,7 +62,7 @@ def options_from(mark: pytest.Mark | None) -> MarkOptions:
     """Validate a ``gpu_leak_check`` marker's arguments; raises ``ValueError`` saying why."""
     if mark is None:
         return MarkOptions()
-    from memdiag.units import parse_size, parse_tolerance
+    from memdiag.values.units import parse_size, parse_tolerance
 
     args = _bind(mark, gpu_leak_check)
     where = "@pytest.mark.gpu_leak_check"

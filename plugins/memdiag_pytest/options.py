@@ -2,7 +2,7 @@
 
 Only the standard library and pytest at import time: without ``--gpu-leak-check`` this
 module is all of the plugin that a test run loads.  :func:`read_settings` validates
-every value (importing ``memdiag.units`` for the byte sizes) and raises
+every value (importing ``memdiag.values.units`` for the byte sizes) and raises
 :class:`pytest.UsageError` saying what is accepted.
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import pytest
 
 if TYPE_CHECKING:
-    from memdiag.units import Tolerance
+    from memdiag.values.units import Tolerance
 
 __all__ = [
     "CHILD_ENV",
@@ -194,7 +194,7 @@ def _text(config: pytest.Config, name: str) -> str | None:
 
 def parse_tolerances(values: list[str], *, where: str) -> dict[str, Tolerance] | None:
     """``["16MiB", "cuda:1=64MiB"]`` -> ``{"*": ..., "cuda:1": ...}``."""
-    from memdiag.units import parse_tolerance
+    from memdiag.values.units import parse_tolerance
 
     result: dict[str, Tolerance] = {}
     for value in values:
@@ -270,9 +270,9 @@ def read_settings(config: pytest.Config) -> Settings:
         else parse_settle(settle_text, where="--gpu-leak-settle / gpu_leak_settle")
     )
     alloc_stacks = bool(value_or_ini(config, "gpu_leak_alloc_stacks"))
-    if alloc_stacks and importlib.util.find_spec("memdiag.alloc_stacks") is None:
+    if alloc_stacks and importlib.util.find_spec("memdiag.heap.alloc_stacks") is None:
         raise pytest.UsageError(
-            "--gpu-leak-alloc-stacks / gpu_leak_alloc_stacks needs memdiag.alloc_stacks, "
+            "--gpu-leak-alloc-stacks / gpu_leak_alloc_stacks needs memdiag.heap.alloc_stacks, "
             "which this memdiag installation does not have; upgrade memdiag or drop the option"
         )
     json_text = _text(config, "gpu_leak_json")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from memdiag.result import CheckResult
+from memdiag.values.result import CheckResult
 
 from . import describe
 from .failure import SECTION, LeakFailure, LeakRepr

@@ -28,7 +28,7 @@ JSON_SCHEMA = "memdiag-pytest/1"
 
 
 def format_bytes(n: float) -> str:
-    """Same units as :func:`memdiag.units.format_bytes`, without importing memdiag."""
+    """Same units as :func:`memdiag.values.units.format_bytes`, without importing memdiag."""
     value = float(abs(n))
     sign = "-" if n < 0 else ""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

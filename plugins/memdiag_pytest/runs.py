@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import pytest
 from _pytest.nodes import Node
 
-from memdiag.census import StorageLedger
-from memdiag.readings import DeviceReading
-from memdiag.result import CheckResult
-from memdiag.tracker import Tracker
-from memdiag.units import Tolerance
+from memdiag.check.tracker import Tracker
+from memdiag.heap.census import StorageLedger
+from memdiag.values.readings import DeviceReading
+from memdiag.values.result import CheckResult
+from memdiag.values.units import Tolerance
 
 from .marks import MarkOptions
 

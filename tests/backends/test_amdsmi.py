@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from memdiag.backends import proctree
 from memdiag.backends.amdsmi_backend import AmdSmiBackend, visible_indexes
 from memdiag.backends.base import Backend, BackendUnavailable
-from memdiag.readings import DeviceReading
+from memdiag.processes import proctree
+from memdiag.values.readings import DeviceReading
 
 MiB = 1024**2
 GiB = 1024**3

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from memdiag.backends import proctree
 from memdiag.backends.base import Backend, BackendUnavailable
 from memdiag.backends.nvml import NvmlBackend, nvml_device_count
-from memdiag.readings import DeviceReading
+from memdiag.processes import proctree
+from memdiag.values.readings import DeviceReading
 
 MiB = 1024**2
 GiB = 1024**3

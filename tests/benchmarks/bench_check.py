@@ -22,8 +22,8 @@ import time
 import torch
 
 from memdiag.backends.registry import select
-from memdiag.census import StorageLedger
-from memdiag.tracker import Tracker
+from memdiag.check.tracker import Tracker
+from memdiag.heap.census import StorageLedger
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from memdiag.heap import HeapView
+from memdiag.heap.view import HeapView
 from memdiag.retainers import RetainerReport, analyze_heap
 
 _FILLER = "memdiag_bench_filler"

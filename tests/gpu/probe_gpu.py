@@ -199,8 +199,8 @@ def examples() -> None:
 def cheap_path_cost() -> None:
     r = py("""
         import gc, json, statistics, time, torch
-        from memdiag.tracker import Tracker
-        from memdiag.census import StorageLedger
+        from memdiag.check.tracker import Tracker
+        from memdiag.heap.census import StorageLedger
         from memdiag.backends.registry import select
         torch.zeros(1, device="cuda")
         sel = select("cuda")  # built once, as the pytest plugin does

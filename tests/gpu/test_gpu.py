@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import memdiag
-from memdiag.findings import FindingKind
+from memdiag.values.findings import FindingKind
 
 pytestmark = [
     pytest.mark.gpu,

@@ -224,7 +224,7 @@ def test_something():
 def test_nothing_heavy_was_imported():
     heavy = [
         name for name in ("torch", "pynvml", "amdsmi", "rich", "memdiag.backends.registry",
-                          "memdiag.tracker", "memdiag_pytest.manager")
+                          "memdiag.check.tracker", "memdiag_pytest.manager")
         if name in sys.modules
     ]
     assert heavy == []

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from memdiag.census import TensorSummary
-from memdiag.findings import Finding, FindingKind, TensorGroup
-from memdiag.readings import DeviceReading, ProcessUsage
-from memdiag.result import CheckResult, DeviceCheck, PhaseRecord
+from memdiag.heap.census import TensorSummary
+from memdiag.values.findings import Finding, FindingKind, TensorGroup
+from memdiag.values.readings import DeviceReading, ProcessUsage
+from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
 
 MiB = 1024**2
 GiB = 1024**3

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from memdiag.cli import main
-from memdiag.readings import DeviceReading
 from memdiag.report.compare import compare
-from memdiag.result import CheckResult, PhaseRecord
+from memdiag.values.readings import DeviceReading
+from memdiag.values.result import CheckResult, PhaseRecord
 from tests.report.runs import run_memdiag
 from tests.report.sample import sample_result
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from memdiag.cli import main
-from memdiag.findings import FindingKind
 from memdiag.report.json_report import JsonReport, load_report, schema, write_json
-from memdiag.result import SCHEMA_VERSION, CheckResult
+from memdiag.values.findings import FindingKind
+from memdiag.values.result import SCHEMA_VERSION, CheckResult
 from tests.report.sample import sample_result
 
 jsonschema = pytest.importorskip("jsonschema")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from memdiag.findings import FindingKind
 from memdiag.report.facts import kind_label
 from memdiag.report.json_report import load_json
 from memdiag.report.terminal import TerminalReport, render_terminal
+from memdiag.values.findings import FindingKind
 from tests.report.sample import sample_result
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
-from memdiag.heap import freeze_count
+from memdiag.heap.view import freeze_count
 from memdiag.retainers import RetainerGroup, RetainerReport, analyze
 from tests.retainers.leaks import targets_of
 

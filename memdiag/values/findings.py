@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from memdiag.census import TensorSummary
-from memdiag.readings import ProcessUsage
-from memdiag.units import format_bytes
+from memdiag.heap.census import TensorSummary
+from memdiag.values.readings import ProcessUsage
+from memdiag.values.units import format_bytes
 
 __all__ = ["Finding", "FindingKind", "TensorGroup"]
 

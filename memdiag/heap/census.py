@@ -10,7 +10,7 @@ at the same object is the same storage.
 
 The census never imports torch unless torch is already imported by the program
 (no tensors can exist otherwise) and never touches device memory: it reads metadata
-only, so it may also run in a forked child (see :mod:`memdiag.heap`).
+only, so it may also run in a forked child (see :mod:`memdiag.heap.view`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from memdiag.heap import HeapView, call_with_full_heap
+from memdiag.heap.view import HeapView, call_with_full_heap
 
 __all__ = [
     "Census",
@@ -64,7 +64,7 @@ class TensorSummary:
     nbytes: int
 
     def describe(self) -> str:
-        from memdiag.units import format_bytes
+        from memdiag.values.units import format_bytes
 
         dims = "x".join(str(d) for d in self.shape) or "scalar"
         kind = "" if self.type_name == "Tensor" else f"{self.type_name} "

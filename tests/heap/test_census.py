@@ -6,7 +6,7 @@ import gc
 
 import torch
 
-from memdiag.census import StorageLedger, take_census
+from memdiag.heap.census import StorageLedger, take_census
 
 
 def test_views_and_aliases_count_the_storage_once() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from memdiag.findings import Finding
-from memdiag.readings import DeviceReading
-from memdiag.units import format_bytes
+from memdiag.values.findings import Finding
+from memdiag.values.readings import DeviceReading
+from memdiag.values.units import format_bytes
 
 __all__ = ["SCHEMA_VERSION", "CheckResult", "DeviceCheck", "PhaseRecord"]
 

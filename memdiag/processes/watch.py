@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memdiag.backends.proctree import cmdline as proc_cmdline
-from memdiag.backends.proctree import process_tree
-from memdiag.findings import Finding, FindingKind
-from memdiag.readings import DeviceReading, ProcessUsage
-from memdiag.units import format_bytes
+from memdiag.processes.proctree import cmdline as proc_cmdline
+from memdiag.processes.proctree import process_tree
+from memdiag.values.findings import Finding, FindingKind
+from memdiag.values.readings import DeviceReading, ProcessUsage
+from memdiag.values.units import format_bytes
 
 __all__ = [
     "DEFAULT_HELPERS",

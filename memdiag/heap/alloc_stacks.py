@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from memdiag.findings import Finding
+from memdiag.values.findings import Finding
 
 __all__ = ["format_site", "sites_for", "start_recording", "stop_recording"]
 

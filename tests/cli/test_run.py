@@ -80,7 +80,7 @@ def test_exception_with_memory_back_exits_3_and_prints_the_traceback(
     )
     assert main(["run", "--device", "cpu", _script(tmp_path, body)]) == 3
     err = capsys.readouterr().err
-    assert "ValueError: boom" in err and "memdiag/runner.py" not in err
+    assert "ValueError: boom" in err and "memdiag/workers/runner.py" not in err
     assert "script failed: the script raised ValueError: boom" in err
 
 
@@ -149,7 +149,7 @@ def test_devices_lists_every_backend_with_a_reason(capsys: pytest.CaptureFixture
 def test_memdiags_own_failure_exits_4_never_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from memdiag.tracker import Tracker
+    from memdiag.check.tracker import Tracker
 
     def broken_check(self: Tracker) -> None:
         raise RuntimeError("a bug in memdiag")

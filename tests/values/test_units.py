@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from memdiag.units import Tolerance, format_bytes, parse_size, parse_tolerance
+from memdiag.values.units import Tolerance, format_bytes, parse_size, parse_tolerance
 
 
 @pytest.mark.parametrize(

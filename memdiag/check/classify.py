@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from memdiag.census import Census, StorageRecord
-from memdiag.findings import Finding, FindingKind, TensorGroup
-from memdiag.readings import DeviceReading, ProcessUsage
-from memdiag.result import PhaseRecord
-from memdiag.units import format_bytes
+from memdiag.heap.census import Census, StorageRecord
+from memdiag.values.findings import Finding, FindingKind, TensorGroup
+from memdiag.values.readings import DeviceReading, ProcessUsage
+from memdiag.values.result import PhaseRecord
+from memdiag.values.units import format_bytes
 
 __all__ = ["Assessment", "DeviceAssessment", "assess", "classify"]
 

@@ -9,14 +9,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import mp_workers
 import pytest
 
 from memdiag.agent import wrap
-from memdiag.findings import Finding, FindingKind
-from memdiag.merge import merge_worker_reports
-from memdiag.processes import ProcessWatch, without_covered_processes
-from memdiag.readings import DeviceReading, ProcessUsage
+from memdiag.processes.watch import ProcessWatch, without_covered_processes
+from memdiag.values.findings import Finding, FindingKind
+from memdiag.values.readings import DeviceReading, ProcessUsage
+from memdiag.workers.merge import merge_worker_reports
+from tests.workers import mp_workers
 
 GiB = 1024**3
 SPAWN = multiprocessing.get_context("spawn")

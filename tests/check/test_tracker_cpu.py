@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import memdiag
-from memdiag.findings import FindingKind
+from memdiag.values.findings import FindingKind
 
 
 class Model(torch.nn.Module):

@@ -24,19 +24,19 @@ from typing import Any
 
 from memdiag.backends.base import BackendUnavailable
 from memdiag.backends.registry import Selection, select
-from memdiag.census import Census, StorageLedger, take_census
-from memdiag.classify import Assessment, assess, classify
-from memdiag.distributed import (
+from memdiag.check.classify import Assessment, assess, classify
+from memdiag.heap.census import Census, StorageLedger, take_census
+from memdiag.processes.distributed import (
     GroupState,
     ProcessWatch,
     process_group_findings,
     process_group_state,
     without_covered_processes,
 )
-from memdiag.merge import WorkerReportDir
-from memdiag.readings import DeviceReading
-from memdiag.result import CheckResult, DeviceCheck, PhaseRecord
-from memdiag.units import Tolerance
+from memdiag.values.readings import DeviceReading
+from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
+from memdiag.values.units import Tolerance
+from memdiag.workers.merge import WorkerReportDir
 
 __all__ = ["Tracker", "active_tracker", "phase", "track"]
 
@@ -171,7 +171,7 @@ class Tracker:
             self._ledger = StorageLedger()
             self._ledger.refresh()
         if self.record_alloc_stacks:
-            from memdiag.alloc_stacks import start_recording
+            from memdiag.heap.alloc_stacks import start_recording
 
             start_recording(self.selection.devices)
         self._baseline_freeze = gc.get_freeze_count()
@@ -206,7 +206,7 @@ class Tracker:
         if self._own_ledger and self._ledger is not None:
             self._ledger.clear()
         if self.record_alloc_stacks and self.selection is not None:
-            from memdiag.alloc_stacks import stop_recording
+            from memdiag.heap.alloc_stacks import stop_recording
 
             stop_recording()
 
@@ -407,7 +407,7 @@ class Tracker:
         all_notices = list(self.selection.notices) + list(notices or [])
         analysis: dict[str, Any] = {}
         if census is not None and self.analyze and any(f.storages and f.is_leak for f in findings):
-            from memdiag.attach import attach_retainers
+            from memdiag.retainers.attach import attach_retainers
 
             findings, analysis, extra = attach_retainers(
                 findings, record_alloc_stacks=self.record_alloc_stacks
@@ -456,7 +456,7 @@ def _safe(fn: Any, *args: Any) -> None:
 
 def _tree_pids() -> frozenset[int]:
     try:
-        from memdiag.backends.proctree import process_tree
+        from memdiag.processes.proctree import process_tree
     except ImportError:  # pragma: no cover - proctree ships with memdiag
         return frozenset({os.getpid()})
     return frozenset(process_tree())

@@ -13,8 +13,8 @@ import mp_workers
 import pytest
 
 import memdiag.agent
-from memdiag.findings import FindingKind
-from memdiag.merge import WorkerReportDir, merge_worker_reports
+from memdiag.values.findings import FindingKind
+from memdiag.workers.merge import WorkerReportDir, merge_worker_reports
 
 SPAWN = multiprocessing.get_context("spawn")
 REPO = Path(__file__).resolve().parents[2]

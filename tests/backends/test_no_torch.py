@@ -9,7 +9,7 @@ from pathlib import Path
 from memdiag.backends.cpu import CpuBackend
 from memdiag.backends.fake import FakeBackend
 from memdiag.backends.registry import Selection
-from memdiag.tracker import Tracker
+from memdiag.check.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parents[2]
 # sys.modules["torch"] = None makes `import torch` raise ImportError, as on a machine

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from memdiag.heap import HeapError, HeapView, call_with_full_heap
+from memdiag.heap.view import HeapError, HeapView, call_with_full_heap
 
 
 class Marker:

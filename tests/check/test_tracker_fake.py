@@ -9,10 +9,10 @@ import pytest
 import memdiag
 from memdiag.backends.fake import FakeBackend
 from memdiag.backends.registry import Selection
-from memdiag.findings import FindingKind
-from memdiag.readings import ProcessUsage
-from memdiag.tracker import Tracker
-from memdiag.units import Tolerance
+from memdiag.check.tracker import Tracker
+from memdiag.values.findings import FindingKind
+from memdiag.values.readings import ProcessUsage
+from memdiag.values.units import Tolerance
 
 MiB = 1024**2
 
@@ -156,7 +156,7 @@ def test_settle_must_not_be_negative() -> None:
 
 
 def test_result_round_trips_through_json() -> None:
-    from memdiag.result import CheckResult
+    from memdiag.values.result import CheckResult
 
     fake = FakeBackend(["cuda:0"])
     tracker = _tracker(fake, settle=0.0).start()

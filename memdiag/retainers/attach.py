@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from memdiag.findings import Finding
+from memdiag.values.findings import Finding
 
 __all__ = ["attach_retainers"]
 
@@ -24,7 +24,7 @@ def attach_retainers(
     notices: list[str] = []
     alloc_sites: dict[int, str] | None = None
     if record_alloc_stacks:
-        from memdiag.alloc_stacks import sites_for
+        from memdiag.heap.alloc_stacks import sites_for
 
         alloc_sites, site_notices = sites_for(findings)
         notices.extend(site_notices)

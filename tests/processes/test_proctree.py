@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from memdiag.backends import proctree
+from memdiag.processes import proctree
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from memdiag.check.tracker import Tracker
 from memdiag.cli import main
-from memdiag.distributed import (
+from memdiag.processes.distributed import (
     RankInfo,
     process_group_findings,
     process_group_state,
     rank_info,
     rank_json_path,
 )
-from memdiag.findings import FindingKind
 from memdiag.report.json_report import write_json
-from memdiag.tracker import Tracker
+from memdiag.values.findings import FindingKind
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,7 +94,7 @@ def test_groups_from_before_the_baseline_are_not_this_runs(gloo: object) -> None
 
 def test_process_group_findings_never_import_torch() -> None:
     code = (
-        "import sys; from memdiag.distributed import process_group_findings as f; "
+        "import sys; from memdiag.processes.distributed import process_group_findings as f; "
         "assert f() == [] and 'torch' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memdiag.findings import Finding
-from memdiag.processes import short_cmdline
-from memdiag.readings import DeviceReading
-from memdiag.result import CheckResult, DeviceCheck, PhaseRecord
+from memdiag.processes.watch import short_cmdline
+from memdiag.values.findings import Finding
+from memdiag.values.readings import DeviceReading
+from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
+from memdiag.workers.env import ENV_DIR
 
 __all__ = [
     "RankRow",
@@ -290,8 +291,6 @@ class WorkerReportDir:
         self._active = False
 
     def activate(self) -> Path:
-        from memdiag.agent import ENV_DIR
-
         if self.path is None:
             self.path = Path(tempfile.mkdtemp(prefix="memdiag-workers-"))
         else:
@@ -306,8 +305,6 @@ class WorkerReportDir:
         return [] if self.path is None else merge_worker_reports(self.path)
 
     def close(self) -> None:
-        from memdiag.agent import ENV_DIR
-
         if self._active:
             if self._saved is None:
                 os.environ.pop(ENV_DIR, None)
