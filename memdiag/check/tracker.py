@@ -230,6 +230,20 @@ class Tracker:
     def devices(self) -> tuple[str, ...]:
         return self.selection.devices if self.selection else ()
 
+    @property
+    def ledger(self) -> StorageLedger:
+        """The storages known to predate the baseline (shared, or the tracker's own)."""
+        if self._ledger is None:
+            self._ledger = StorageLedger()
+        return self._ledger
+
+    def rebaseline(self, readings: Mapping[str, DeviceReading]) -> None:
+        """Replace the baseline of the devices in ``readings`` (memory that is not ours:
+        :class:`memdiag.check.exclusion.Exclusion` computes it)."""
+        for device, reading in readings.items():
+            if device in self.baseline:
+                self.baseline[device] = reading
+
     def read(self) -> dict[str, DeviceReading]:
         """One cheap reading of every device, merged across backends."""
         assert self.selection is not None, "start() the tracker first"

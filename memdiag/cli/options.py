@@ -8,7 +8,7 @@ from pathlib import Path
 
 from memdiag.cli.errors import CliError
 from memdiag.values.result import CheckResult
-from memdiag.values.units import Tolerance, parse_tolerance
+from memdiag.values.units import Tolerance, parse_tolerances
 
 __all__ = [
     "add_check_options",
@@ -76,14 +76,10 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
 def tolerances_from(values: list[str]) -> dict[str, Tolerance] | None:
     if not values:
         return None
-    result: dict[str, Tolerance] = {}
-    for value in values:
-        device, sep, amount = value.rpartition("=")
-        try:
-            result[device if sep else "*"] = parse_tolerance(amount)
-        except ValueError as exc:
-            raise CliError(f"--tolerance {value!r}: {exc}") from None
-    return result
+    try:
+        return parse_tolerances(values)
+    except ValueError as exc:
+        raise CliError(f"--tolerance {exc}") from None
 
 
 def check_output_paths(args: argparse.Namespace) -> None:

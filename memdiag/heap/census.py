@@ -142,6 +142,20 @@ class StorageLedger:
         finally:
             del objects
 
+    def adopt_new(self, known: StorageLedger) -> None:
+        """Add every storage alive now that ``known`` (an earlier snapshot) did not know."""
+        now = StorageLedger()
+        now.refresh()
+        try:
+            for key, ref in now.refs.items():
+                storage = ref()
+                if storage is not None and not known.knows(key, storage):
+                    self.refs[key] = ref
+                del storage
+            self.strong_keys.update(now.strong_keys - known.strong_keys)
+        finally:
+            now.clear()
+
     def clear(self) -> None:
         self.refs.clear()
         self.strong_keys.clear()

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Tolerance", "format_bytes", "parse_size", "parse_tolerance"]
+__all__ = [
+    "Tolerance",
+    "describe_tolerances",
+    "format_bytes",
+    "parse_size",
+    "parse_tolerance",
+    "parse_tolerances",
+]
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 _FACTORS = {
@@ -40,8 +48,14 @@ def format_bytes(n: int | float, *, signed: bool = False) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def parse_size(text: str) -> int:
-    """``'16MiB' -> 16777216``; plain numbers are bytes.  Raises ``ValueError``."""
+def parse_size(text: str | int) -> int:
+    """``'16MiB' -> 16777216``; plain numbers (and ints) are bytes.  Raises ``ValueError``."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"{text} is not a size; use 0 or more bytes")
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a size; use bytes or a string such as 16MiB")
     match = _SIZE_RE.match(text)
     if not match or match.group(2).lower() not in _FACTORS:
         raise ValueError(
@@ -68,8 +82,10 @@ class Tolerance:
         return " or ".join(parts)
 
 
-def parse_tolerance(text: str) -> Tolerance:
-    """``'16MiB'``, ``'0.5%'`` or ``'16MiB,0.5%'`` (the larger applies)."""
+def parse_tolerance(text: str | int) -> Tolerance:
+    """``'16MiB'``, ``'0.5%'`` or ``'16MiB,0.5%'`` (the larger applies); an int is bytes."""
+    if not isinstance(text, str):
+        return Tolerance(bytes=parse_size(text))
     size = 0
     percent = 0.0
     for part in (p.strip() for p in text.split(",") if p.strip()):
@@ -85,3 +101,26 @@ def parse_tolerance(text: str) -> Tolerance:
     if not text.strip():
         raise ValueError("the tolerance is empty; use e.g. 16MiB or 0.5%")
     return Tolerance(bytes=size, percent=percent)
+
+
+def parse_tolerances(values: Iterable[str]) -> dict[str, Tolerance]:
+    """``["16MiB", "cuda:1=64MiB"]`` -> ``{"*": ..., "cuda:1": ...}`` (``"*"``: every
+    other device).  Raises ``ValueError`` naming the value and what is accepted."""
+    result: dict[str, Tolerance] = {}
+    for value in values:
+        device, sep, amount = str(value).rpartition("=")
+        try:
+            result[device.strip() if sep else "*"] = parse_tolerance(amount)
+        except ValueError as exc:
+            raise ValueError(
+                f"{value!r}: {exc}; accepted: SIZE, PCT% or DEVICE=SIZE, e.g. 16MiB, 0.5%, "
+                "cuda:1=64MiB"
+            ) from None
+    return result
+
+
+def describe_tolerances(tolerances: Mapping[str, Tolerance] | None, default: Tolerance) -> str:
+    """``16.0 MiB, cuda:1=64.0 MiB``; ``default`` when there are none."""
+    if not tolerances:
+        return str(default)
+    return ", ".join(str(t) if d == "*" else f"{d}={t}" for d, t in tolerances.items())

@@ -30,7 +30,6 @@ leak of a module or session run, which blames that scope's fixtures
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Generator, Iterator
@@ -41,9 +40,10 @@ import pytest
 from _pytest.runner import runtestprotocol
 
 from memdiag.backends.registry import Selection
+from memdiag.check.exclusion import Exclusion
+from memdiag.check.peaks import PeakViolation, peak_violations
+from memdiag.check.series import CheckSeries
 from memdiag.check.tracker import Tracker
-from memdiag.heap.census import StorageLedger
-from memdiag.values.readings import DeviceReading, ProcessUsage
 from memdiag.values.result import CheckResult
 
 from . import describe, reporting
@@ -78,9 +78,7 @@ class LeakCheckManager:
         self.selection = selection
         self.only_marked = only_marked
         self.scope = "function" if only_marked else settings.scope
-        self.ledger = StorageLedger()
-        self._ledger_stale = True
-        self._ledger_reading: dict[str, DeviceReading] = {}
+        self.series = CheckSeries(selection, record_alloc_stacks=settings.alloc_stacks)
         self._pid = os.getpid()
         self._run: CheckRun | None = None
         self._test: TestState | None = None
@@ -229,24 +227,8 @@ class LeakCheckManager:
 
     def _start_tracker(self, run: CheckRun, first_phase: str) -> None:
         t0 = time.perf_counter()
-        refreshed = False
-        if self._ledger_stale:
-            self.ledger.refresh()
-            self._ledger_stale = False
-            refreshed = True
-        tracker = Tracker(
-            device=self.selection,
-            tolerance=run.tolerance,
-            settle=run.settle,
-            ledger=self.ledger,
-            record_alloc_stacks=self.settings.alloc_stacks,
-            collect_at_start=False,  # a gc.collect() per test is what this plugin avoids
-            name=run.key,
-        )
-        tracker.start()
+        tracker = self.series.start(tolerance=run.tolerance, settle=run.settle, name=run.key)
         run.tracker = tracker
-        if refreshed:
-            self._ledger_reading = dict(tracker.baseline)
         test = self._test
         if run.scope == "function":
             if self._phases_on(test):
@@ -281,12 +263,12 @@ class LeakCheckManager:
         )
         if not active:
             if rank > 0:
-                self._ledger_stale = True
+                self.series.mark_stale()
             return (yield)
         assert run is not None
         if rank > run.rank:
             if run.tracker is None:
-                self._ledger_stale = True
+                self.series.mark_stale()
                 return (yield)
             # A wider fixture set up lazily after the baseline: its memory is its own.
             with self._excluded(run.tracker):
@@ -300,41 +282,23 @@ class LeakCheckManager:
     @contextmanager
     def _excluded(self, tracker: Tracker) -> Iterator[None]:
         self._excluding += 1
-        start = self._exclusion_start(tracker)
+        exclusion = self._exclusion_start(tracker)
         try:
             yield
         finally:
             self._excluding -= 1
-            self._exclusion_end(tracker, start)
+            self._exclusion_end(exclusion)
 
-    def _exclusion_start(self, tracker: Tracker) -> tuple[dict[str, DeviceReading], StorageLedger]:
+    def _exclusion_start(self, tracker: Tracker) -> Exclusion:
         t0 = time.perf_counter()
-        before = StorageLedger()
-        before.refresh()
-        readings = tracker.read()
+        exclusion = Exclusion(tracker).start()
         if self._run is not None:
             self._run.overhead_s += time.perf_counter() - t0
-        return readings, before
+        return exclusion
 
-    def _exclusion_end(
-        self, tracker: Tracker, start: tuple[dict[str, DeviceReading], StorageLedger]
-    ) -> None:
-        """Move what was allocated since ``start`` into the tracker's baseline and ledger."""
+    def _exclusion_end(self, exclusion: Exclusion) -> None:
         t0 = time.perf_counter()
-        before, known = start
-        after = tracker.read()
-        for device, base in list(tracker.baseline.items()):
-            if device in before and device in after:
-                tracker.baseline[device] = _shifted(base, before[device], after[device])
-        now = StorageLedger()
-        now.refresh()
-        for key, ref in now.refs.items():
-            storage = ref()
-            if storage is not None and not known.knows(key, storage):
-                self.ledger.refs[key] = ref
-        self.ledger.strong_keys.update(now.strong_keys - known.strong_keys)
-        known.clear()
-        now.clear()
+        exclusion.end()
         if self._run is not None:
             self._run.overhead_s += time.perf_counter() - t0
 
@@ -412,20 +376,20 @@ class LeakCheckManager:
                 return
             result = run.result or self._check(run)
             peaks = (
-                describe.peak_violations(result.phases, run.tracker.baseline, test.options.max_peak)
+                peak_violations(result.phases, run.tracker.baseline, test.options.max_peak)
                 if test.options.max_peak is not None
                 else []
             )
             self._report(test, teardown, run, result, peaks, blame=run.label, unit=False)
             return
-        if test.exclusion is not None and run.tracker is not None:
-            self._exclusion_end(run.tracker, test.exclusion)
-        test_peaks: list[describe.PeakViolation] = []
+        if test.exclusion is not None:
+            self._exclusion_end(test.exclusion)
+        test_peaks: list[PeakViolation] = []
         tracker = run.tracker
         if test.checked and tracker is not None and test.phase_name is not None:
             tracker.end_phase(test.phase_name)
             if test.options.max_peak is not None:
-                test_peaks = describe.peak_violations(
+                test_peaks = peak_violations(
                     tracker.phases[test.phase_start :], tracker.baseline, test.options.max_peak
                 )
         if test_peaks:
@@ -439,16 +403,7 @@ class LeakCheckManager:
         tracker = run.tracker
         assert tracker is not None
         t0 = time.perf_counter()
-        result = tracker.check()
-        if result.leaked:
-            self._ledger_stale = True
-        else:
-            for check in result.devices:
-                then = self._ledger_reading.get(check.device)
-                if then is None or then.allocated is None or check.final.allocated is None:
-                    continue
-                if check.final.allocated - then.allocated > check.allowance // 2:
-                    self._ledger_stale = True
+        result = self.series.check(tracker)
         run.overhead_s += time.perf_counter() - t0
         return result
 
@@ -459,7 +414,7 @@ class LeakCheckManager:
         teardown: pytest.TestReport,
         run: CheckRun,
         result: CheckResult | None,
-        peaks: list[describe.PeakViolation],
+        peaks: list[PeakViolation],
         *,
         blame: str,
         unit: bool,
@@ -490,24 +445,3 @@ class LeakCheckManager:
     # -- session end ---------------------------------------------------------------------------
     def pytest_sessionfinish(self) -> None:
         self._close_run()
-
-
-def _shifted(base: DeviceReading, before: DeviceReading, after: DeviceReading) -> DeviceReading:
-    """``base`` plus what changed from ``before`` to ``after`` (memory that is not ours)."""
-    changes: dict[str, Any] = {}
-    for name in ("allocated", "reserved", "active", "process_used", "driver_used"):
-        b, x, y = getattr(base, name), getattr(before, name), getattr(after, name)
-        if b is not None and x is not None and y is not None:
-            changes[name] = b + (y - x)
-    if after.processes:
-        was = {p.pid: p.used for p in before.processes}
-        mine = {p.pid: p for p in base.processes}
-        merged = dict(mine)
-        for proc in after.processes:
-            old = mine.get(proc.pid)
-            delta = proc.used - was.get(proc.pid, 0)
-            merged[proc.pid] = ProcessUsage(
-                pid=proc.pid, used=(old.used if old else 0) + delta, name=proc.name
-            )
-        changes["processes"] = tuple(merged.values())
-    return dataclasses.replace(base, **changes)

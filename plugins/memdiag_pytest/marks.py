@@ -70,12 +70,8 @@ def options_from(mark: pytest.Mark | None) -> MarkOptions:
     settle = args.get("settle")
     max_peak = args.get("max_peak")
     try:
-        parsed_tolerance = (
-            None
-            if tolerance is None
-            else parse_tolerance(f"{tolerance}B" if isinstance(tolerance, int) else tolerance)
-        )
-    except (ValueError, AttributeError) as exc:
+        parsed_tolerance = None if tolerance is None else parse_tolerance(tolerance)
+    except ValueError as exc:
         raise ValueError(
             f"{where}(tolerance={tolerance!r}): {exc}; accepted: bytes, SIZE or PCT%"
         ) from None
@@ -84,11 +80,7 @@ def options_from(mark: pytest.Mark | None) -> MarkOptions:
     ):
         raise ValueError(f"{where}(settle={settle!r}): accepted: 0 or more seconds")
     try:
-        parsed_peak = (
-            None
-            if max_peak is None
-            else (max_peak if isinstance(max_peak, int) else parse_size(str(max_peak)))
-        )
+        parsed_peak = None if max_peak is None else parse_size(max_peak)
     except ValueError as exc:
         raise ValueError(f"{where}(max_peak={max_peak!r}): {exc}") from None
     return MarkOptions(

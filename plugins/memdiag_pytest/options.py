@@ -174,12 +174,10 @@ class Settings:
     """``none``, ``fork`` or ``spawn``: where each test runs (``--forked`` means fork)."""
 
     def describe(self) -> str:
-        if self.tolerance:
-            tolerance = ", ".join(
-                str(t) if d == "*" else f"{d}={t}" for d, t in self.tolerance.items()
-            )
-        else:
-            tolerance = "1.0 MiB"
+        from memdiag.check.tracker import DEFAULT_TOLERANCE
+        from memdiag.values.units import describe_tolerances
+
+        tolerance = describe_tolerances(self.tolerance, DEFAULT_TOLERANCE)
         isolated = "" if self.isolate == "none" else f", each test in a {self.isolate}ed process"
         return f"{self.scope} scope, tolerance {tolerance}, settle {self.settle:g} s{isolated}"
 
@@ -194,19 +192,12 @@ def _text(config: pytest.Config, name: str) -> str | None:
 
 def parse_tolerances(values: list[str], *, where: str) -> dict[str, Tolerance] | None:
     """``["16MiB", "cuda:1=64MiB"]`` -> ``{"*": ..., "cuda:1": ...}``."""
-    from memdiag.values.units import parse_tolerance
+    from memdiag.values.units import parse_tolerances as parse
 
-    result: dict[str, Tolerance] = {}
-    for value in values:
-        device, sep, amount = str(value).rpartition("=")
-        try:
-            result[device.strip() if sep else "*"] = parse_tolerance(amount)
-        except ValueError as exc:
-            raise pytest.UsageError(
-                f"{where} {value!r}: {exc}; accepted: SIZE, PCT% or DEVICE=SIZE, "
-                "e.g. 16MiB, 0.5%, cuda:1=64MiB"
-            ) from None
-    return result or None
+    try:
+        return parse(values) or None
+    except ValueError as exc:
+        raise pytest.UsageError(f"{where} {exc}") from None
 
 
 def parse_settle(value: object, *, where: str) -> float:

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from memdiag.check.peaks import PeakViolation
+from memdiag.report.summary import held_by, signature
 from memdiag.values.result import CheckResult
 
-from . import describe
 from .failure import SECTION, LeakFailure, LeakRepr
 from .results import FAILURE, PAYLOAD
 
@@ -30,7 +31,7 @@ def attach_payload(
     teardown: pytest.TestReport,
     result: CheckResult | None,
     failure: LeakFailure | None,
-    peaks: Sequence[describe.PeakViolation],
+    peaks: Sequence[PeakViolation],
     *,
     scope: str,
     unit: str,
@@ -57,9 +58,9 @@ def attach_payload(
             "leaked": leaked,
             "bytes": sum(f.nbytes for f in result.leaks),
             "device": top.device if top else "",
-            "held": f"{top.device}: {describe.held_by(top) or top.kind.title}" if top else "",
+            "held": f"{top.device}: {held_by(top) or top.kind.title}" if top else "",
             "summary": failure.message if failure and leaked else result.summary(),
-            "signature": describe.signature(result),
+            "signature": signature(result),
             "cheap": result.cheap,
             "overhead_s": overhead_s,
             "peak_failures": [p.describe() for p in peaks],

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 from _pytest.nodes import Node
 
+from memdiag.check.exclusion import Exclusion
 from memdiag.check.tracker import Tracker
-from memdiag.heap.census import StorageLedger
-from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult
 from memdiag.values.units import Tolerance
 
@@ -73,7 +72,8 @@ class TestState:
     reports: dict[str, pytest.TestReport] = field(default_factory=dict)
     phase_start: int = 0
     phase_name: str | None = None
-    exclusion: tuple[dict[str, DeviceReading], StorageLedger] | None = None
+    exclusion: Exclusion | None = None
+    """Open while a test opted out inside a module or session run is running."""
     unit_ends: bool = True
 
 
