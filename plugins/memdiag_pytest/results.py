@@ -2,8 +2,8 @@
 
 Runs in the process that reports (not in xdist workers); reads only the plain data
 that checks attach to test reports (``report.memdiag``), so the same code serves a
-plain run, the parent of ``--forked`` and the controller of ``-n N``.  Standard
-library only.
+plain run, the parent of an isolated test and the controller of ``-n N``.  Imports
+only memdiag's value types (never the tracker, torch or rich).
 """
 
 from __future__ import annotations
@@ -16,26 +16,17 @@ from typing import Any
 
 import pytest
 
+from memdiag.values.units import format_bytes
+
 from .failure import LeakFailure, LeakRepr
 
-__all__ = ["PAYLOAD", "ResultsCollector", "format_bytes"]
+__all__ = ["PAYLOAD", "ResultsCollector"]
 
 PAYLOAD = "memdiag"
 """Report attribute holding a check's JSON-safe summary (survives xdist and --forked)."""
 FAILURE = "memdiag_failure"
 """Report attribute holding a failure's message and long repr, to rebuild the repr."""
 JSON_SCHEMA = "memdiag-pytest/1"
-
-
-def format_bytes(n: float) -> str:
-    """Same units as :func:`memdiag.values.units.format_bytes`, without importing memdiag."""
-    value = float(abs(n))
-    sign = "-" if n < 0 else ""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{sign}{int(value)} B" if unit == "B" else f"{sign}{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class ResultsCollector:

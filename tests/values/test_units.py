@@ -49,3 +49,21 @@ def test_tolerance_takes_the_larger_of_bytes_and_percent() -> None:
 def test_tolerance_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_tolerance(text)
+
+
+def test_tolerance_lists_per_device() -> None:
+    from memdiag.values.units import describe_tolerances, parse_tolerances
+
+    parsed = parse_tolerances(["16MiB", "cuda:1=64MiB", "cuda:2=0.5%"])
+    assert parsed == {
+        "*": Tolerance(bytes=16 * 1024**2),
+        "cuda:1": Tolerance(bytes=64 * 1024**2),
+        "cuda:2": Tolerance(bytes=0, percent=0.5),
+    }
+    assert describe_tolerances(parsed, Tolerance()) == (
+        "16.0 MiB, cuda:1=64.0 MiB, cuda:2=0 B or 0.5% of device"
+    )
+    assert describe_tolerances(None, Tolerance(bytes=1024**2)) == "1.0 MiB"
+    with pytest.raises(ValueError, match=r"'cuda:1=lots': .*accepted: SIZE, PCT% or DEVICE=SIZE"):
+        parse_tolerances(["cuda:1=lots"])
+    assert parse_tolerance(4096) == Tolerance(bytes=4096)  # an int is bytes (marker arguments)

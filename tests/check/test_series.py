@@ -1,0 +1,107 @@
+"""The library side of per-test checks: exclusions, the shared ledger, peak budgets."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from memdiag.backends.fake import FakeBackend
+from memdiag.backends.registry import Selection, select
+from memdiag.check.exclusion import Exclusion
+from memdiag.check.peaks import peak_violations
+from memdiag.check.series import CheckSeries
+from memdiag.check.tracker import Tracker
+from memdiag.heap.census import StorageLedger
+from memdiag.values.units import Tolerance
+
+KEEP: list[torch.Tensor] = []
+MiB = 1024**2
+
+
+@pytest.fixture(autouse=True)
+def _clean() -> Iterator[None]:
+    yield
+    KEEP.clear()
+    gc.collect()
+
+
+class CountingLedger(StorageLedger):
+    refreshes = 0
+
+    def refresh(self) -> int:
+        type(self).refreshes += 1
+        return super().refresh()
+
+
+def test_an_exclusion_moves_fake_device_growth_into_the_baseline() -> None:
+    fake = FakeBackend(["cuda:0"])
+    tracker = Tracker(device=Selection((fake,), fake.devices()), settle=0, analyze=False).start()
+    with Exclusion(tracker):
+        fake.allocate("cuda:0", 64 * MiB)  # a wider fixture's memory
+    assert tracker.baseline["cuda:0"].allocated == 64 * MiB
+    fake.allocate("cuda:0", 8 * MiB)  # the test's own
+    result = tracker.check()
+    tracker.close()
+    assert result.leaked
+    assert sum(f.nbytes for f in result.leaks) == 8 * MiB
+
+
+def test_an_exclusion_hands_real_cpu_tensors_to_the_ledger() -> None:
+    series = CheckSeries(select("cpu"))
+    tracker = series.start(tolerance={"*": Tolerance(bytes=MiB)}, settle=0, name="t")
+    with Exclusion(tracker):
+        KEEP.append(torch.zeros(4 * MiB // 4))  # alive past the check, but not the test's
+    assert series.check(tracker).leaked is False
+    tracker.close()
+    tracker = series.start(tolerance={"*": Tolerance(bytes=MiB)}, settle=0, name="t2")
+    KEEP.append(torch.zeros(4 * MiB // 4))  # the test's own leak
+    result = series.check(tracker)
+    tracker.close()
+    assert result.leaked
+    assert sum(f.nbytes for f in result.leaks) == 4 * MiB
+
+
+def test_the_ledger_is_walked_only_when_it_may_be_wrong() -> None:
+    series = CheckSeries(select("cpu"))
+    series.ledger = CountingLedger()
+    CountingLedger.refreshes = 0
+    tolerance = {"*": Tolerance(bytes=MiB)}
+
+    def one(leak: bool) -> bool:
+        tracker = series.start(tolerance=tolerance, settle=0, name="t")
+        x = torch.zeros(MiB)
+        if leak:
+            KEEP.append(x)
+        del x
+        leaked = series.check(tracker).leaked
+        tracker.close()
+        return leaked
+
+    assert [one(False) for _ in range(5)] == [False] * 5
+    assert CountingLedger.refreshes == 1  # the first baseline only
+    assert one(True) is True
+    assert one(False) is False
+    assert CountingLedger.refreshes == 2  # after the leak
+    series.mark_stale()  # e.g. a wider fixture was set up
+    one(False)
+    assert CountingLedger.refreshes == 3
+
+
+def test_peak_budget_names_the_phase_over_it() -> None:
+    fake = FakeBackend(["cuda:0"])
+    tracker = Tracker(device=Selection((fake,), fake.devices()), settle=0, analyze=False).start()
+    with tracker.phase("resize"):
+        fake.allocate("cuda:0", 48 * MiB)
+        fake.set("cuda:0", allocated=0)
+    with tracker.phase("infer"):
+        fake.allocate("cuda:0", 8 * MiB)
+        fake.set("cuda:0", allocated=0)
+    (violation,) = peak_violations(tracker.phases, tracker.baseline, 32 * MiB)
+    tracker.close()
+    assert violation.describe() == (
+        "cuda:0: peak in phase 'resize' was 48.0 MiB over baseline, above the max_peak "
+        "budget of 32.0 MiB"
+    )
