@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from memdiag.check.tracker import Tracker
 from memdiag.processes.distributed import current_rank, rank_info
 from memdiag.processes.proctree import cmdline as proc_cmdline
 from memdiag.report.json_report import write_json
@@ -74,8 +75,6 @@ class Agent:
         settle: float | None = None,
         rank: int | None = None,
     ) -> None:
-        from memdiag.check.tracker import Tracker
-
         self.directory = directory
         self.pid = os.getpid()
         self.rank = rank

@@ -152,10 +152,6 @@ class TorchBackend:
             if callable(clear) and self._kind == "cuda":
                 clear()
 
-    def empty_cache(self) -> None:
-        if self.initialized():
-            self._module().empty_cache()
-
     def close(self) -> None:
         return None
 

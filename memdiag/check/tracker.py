@@ -28,11 +28,10 @@ from memdiag.check.classify import Assessment, assess, classify
 from memdiag.heap.census import Census, StorageLedger, take_census
 from memdiag.processes.distributed import (
     GroupState,
-    ProcessWatch,
     process_group_findings,
     process_group_state,
-    without_covered_processes,
 )
+from memdiag.processes.watch import ProcessWatch, without_covered_processes
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
 from memdiag.values.units import Tolerance

@@ -11,8 +11,6 @@ from memdiag.cli.errors import EXIT_INTERNAL, EXIT_USAGE, CliError
 
 __all__ = ["main"]
 
-_COMMANDS = ("run", "devices", "report", "merge", "compare")
-
 
 def _parser() -> argparse.ArgumentParser:
     from memdiag.cli import compare, devices, merge, report, run

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memdiag.heap.view import HeapView, call_with_full_heap
+from memdiag.values.findings import TensorSummary
 
 __all__ = [
     "Census",
     "StorageLedger",
     "StorageRecord",
-    "TensorSummary",
     "take_census",
     "tensor_class",
 ]
@@ -54,24 +54,6 @@ def tensor_class() -> type | None:
 
 
 @dataclass(frozen=True)
-class TensorSummary:
-    """Plain description of one tensor: what a report lists."""
-
-    shape: tuple[int, ...]
-    dtype: str
-    device: str
-    type_name: str
-    nbytes: int
-
-    def describe(self) -> str:
-        from memdiag.values.units import format_bytes
-
-        dims = "x".join(str(d) for d in self.shape) or "scalar"
-        kind = "" if self.type_name == "Tensor" else f"{self.type_name} "
-        return f"{kind}{dims} {self.dtype} on {self.device} ({format_bytes(self.nbytes)})"
-
-
-@dataclass(frozen=True)
 class StorageRecord:
     """One live storage: its key, size, device, and the tensors that view it."""
 
@@ -90,19 +72,11 @@ class Census:
     """Live storages found in one heap walk, split by whether they predate baseline."""
 
     new: tuple[StorageRecord, ...]
+    """Storages that did not exist at the baseline, largest first."""
     baseline_bytes: dict[str, int]
-    new_bytes: dict[str, int]
+    """Device -> bytes of the live storages that predate the baseline."""
     frozen_bytes: dict[str, int]
-    heap_objects: int
-    skipped: int = 0
-    """Tensors whose storage could not be read (sparse, meta, fake): not counted."""
-
-    def bytes_on(self, device: str, *, frozen: bool | None = None) -> int:
-        return sum(
-            r.nbytes
-            for r in self.new
-            if r.device == device and (frozen is None or r.frozen == frozen)
-        )
+    """Device -> bytes of the new storages seen only through ``gc.freeze()``-frozen tensors."""
 
 
 @dataclass
@@ -213,18 +187,15 @@ def census_of(
     tensor = tensor_class()
     wanted = set(devices) if devices is not None else None
     baseline: dict[str, int] = {}
-    new_bytes: dict[str, int] = {}
     frozen_bytes: dict[str, int] = {}
     seen: dict[int, list[Any]] = {}  # key -> [storage, summary, count, all_frozen]
-    skipped = 0
     if tensor is not None:
         for obj in view.objects:
             if not is_tensor_type(type(obj), tensor):
                 continue
             storage = _storage_of(obj)
             if storage is None:
-                skipped += 1
-                continue
+                continue  # sparse, meta or fake tensors: nothing to count
             key = storage._cdata
             entry = seen.get(key)
             frozen = id(obj) in view.frozen_ids
@@ -249,7 +220,6 @@ def census_of(
         records.append(
             StorageRecord(key, summary.nbytes, device, data_ptr, summary, count, all_frozen)
         )
-        new_bytes[device] = new_bytes.get(device, 0) + summary.nbytes
         if all_frozen:
             frozen_bytes[device] = frozen_bytes.get(device, 0) + summary.nbytes
     seen.clear()
@@ -257,10 +227,7 @@ def census_of(
     return Census(
         new=tuple(records),
         baseline_bytes=baseline,
-        new_bytes=new_bytes,
         frozen_bytes=frozen_bytes,
-        heap_objects=len(view.objects),
-        skipped=skipped,
     )
 
 

@@ -8,9 +8,8 @@ communicators.  This module gives the tracker what it needs to see them:
   :func:`rank_json_path` names its report (``out.json`` -> ``out.rank1.json``);
 - :func:`process_group_findings` reports ``torch.distributed`` process groups that
   shutdown left alive (it never imports torch: no torch, no process group);
-- :class:`~memdiag.processes.watch.ProcessWatch` (re-exported from
-  :mod:`memdiag.processes.watch`) follows the process tree from the baseline through the
-  phases to the check.
+
+The process tree itself is followed by :class:`~memdiag.processes.watch.ProcessWatch`.
 
 Everything here reads the environment and ``torch.distributed`` if the program
 imported it; nothing launches work.
@@ -25,29 +24,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-# The process tree lives in memdiag.processes.watch; its names stay importable from here.
-from memdiag.processes.watch import (
-    DEFAULT_HELPERS,
-    ProcessRecord,
-    ProcessWatch,
-    short_cmdline,
-    without_covered_processes,
-)
 from memdiag.values.findings import Finding, FindingKind
 
 __all__ = [
-    "DEFAULT_HELPERS",
     "GroupState",
-    "ProcessRecord",
-    "ProcessWatch",
     "RankInfo",
     "current_rank",
     "process_group_findings",
     "process_group_state",
     "rank_info",
     "rank_json_path",
-    "short_cmdline",
-    "without_covered_processes",
 ]
 
 # -- ranks -------------------------------------------------------------------------------

@@ -14,13 +14,14 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-__all__ = ["cmdline", "is_alive", "process_tree"]
+__all__ = ["cmdline", "is_alive", "process_tree", "stat_fields"]
 
 _PROC = Path("/proc")
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of ``/proc/PID/stat`` after the command name (state is ``[0]``, ppid ``[1]``)."""
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields of ``/proc/PID/stat`` after the command name: state ``[0]``, ppid ``[1]``,
+    starttime ``[19]``; ``None`` for a process that is gone (or no ``/proc``)."""
     try:
         text = (_PROC / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -43,7 +44,7 @@ def _parents() -> dict[int, list[int]]:
     for entry in entries:
         if not entry.isdigit():
             continue
-        fields = _stat_fields(int(entry))
+        fields = stat_fields(int(entry))
         if fields is None:
             continue  # exited while we were scanning
         try:
@@ -136,7 +137,7 @@ def is_alive(pid: int) -> bool:
     """Whether ``pid`` names a running process (zombies count as gone: they hold no memory)."""
     if pid <= 0:
         return False
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is not None:
         return fields[0] not in ("Z", "X", "x")
     # No /proc here, or the entry is hidden (``hidepid``): ask the kernel directly.

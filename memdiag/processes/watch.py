@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from memdiag.processes.proctree import cmdline as proc_cmdline
-from memdiag.processes.proctree import process_tree
+from memdiag.processes.proctree import process_tree, stat_fields
 from memdiag.values.findings import Finding, FindingKind
 from memdiag.values.readings import DeviceReading, ProcessUsage
 from memdiag.values.units import format_bytes
@@ -47,14 +47,9 @@ workers): never reported as workers left alive."""
 
 
 def _stat(pid: int) -> list[str] | None:
-    """``/proc/PID/stat`` fields after the command name: state ``[0]``, starttime ``[19]``."""
-    try:
-        text = (_PROC / str(pid) / "stat").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    _, sep, rest = text.rpartition(")")
-    fields = rest.split()
-    return fields if sep and len(fields) > 19 else None
+    """:func:`~memdiag.processes.proctree.stat_fields`, with starttime ``[19]`` present."""
+    fields = stat_fields(pid)
+    return fields if fields is not None and len(fields) > 19 else None
 
 
 def _start_ticks(pid: int) -> int | None:

@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from memdiag.heap.census import TensorSummary
 from memdiag.values.readings import ProcessUsage
 from memdiag.values.units import format_bytes
 
-__all__ = ["Finding", "FindingKind", "TensorGroup"]
+__all__ = ["Finding", "FindingKind", "TensorGroup", "TensorSummary"]
 
 
 class FindingKind(str, Enum):
@@ -60,6 +59,22 @@ _LEAK_CLASSES = frozenset(
         FindingKind.WORKER,
     }
 )
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    """Plain description of one tensor: what a report lists."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    device: str
+    type_name: str
+    nbytes: int
+
+    def describe(self) -> str:
+        dims = "x".join(str(d) for d in self.shape) or "scalar"
+        kind = "" if self.type_name == "Tensor" else f"{self.type_name} "
+        return f"{kind}{dims} {self.dtype} on {self.device} ({format_bytes(self.nbytes)})"
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memdiag.heap.census import TensorSummary
-from memdiag.values.findings import Finding, FindingKind, TensorGroup
+from memdiag.values.findings import Finding, FindingKind, TensorGroup, TensorSummary
 from memdiag.values.readings import DeviceReading, ProcessUsage
 from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
 
