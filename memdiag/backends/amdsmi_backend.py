@@ -29,25 +29,17 @@ polls until readings settle.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import time
 from typing import Any
 
-from memdiag.backends.base import Availability, BackendUnavailable
-from memdiag.processes import proctree
-from memdiag.values.readings import DeviceReading, ProcessUsage
+from memdiag.backends.driver import DriverBackend, driver_reading, one_line
+from memdiag.values.readings import DeviceReading
 
 __all__ = ["AmdSmiBackend", "visible_indexes"]
 
 _INSTALL = "install ROCm's amdsmi; pip install memdiag[rocm]"
 _MIB = 1024 * 1024
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def _select(indexes: list[int], spec: str | None) -> list[int]:
@@ -97,7 +89,11 @@ def _process_entry(info: Any) -> tuple[int, int | None, str] | None:
     return pid, used, name if isinstance(name, str) and name != "N/A" else ""
 
 
-class AmdSmiBackend:
+_Usage = dict[int, tuple[int | None, str]]
+_Raw = tuple[int | None, int | None, _Usage]
+
+
+class AmdSmiBackend(DriverBackend[Any, _Raw]):
     """Driver-side memory of AMD GPUs: VRAM total/used and per-process VRAM.
 
     ``module`` replaces ``amdsmi`` (tests pass a fake); by default ``amdsmi`` is
@@ -106,97 +102,53 @@ class AmdSmiBackend:
     """
 
     name = "amdsmi"
+    label = "amdsmi"
+    sees = "amdsmi"
 
     def __init__(self, *, module: Any = None, environ: dict[str, str] | None = None) -> None:
-        self._module: Any = module
+        super().__init__(module=module)
         self._environ = environ
-        self._availability: Availability | None = None
-        self._smi: Any = None
-        self._error: type[BaseException] = Exception
-        self._devices: dict[str, Any] = {}
-        self._initialised = False
-        self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def _start(self) -> Availability:
-        if self._availability is None:
-            self._availability = self._init()
-        return self._availability
+    def _import(self) -> Any:
+        return importlib.import_module("amdsmi")
 
-    def _init(self) -> Availability:
-        smi = self._module
-        if smi is None:
-            try:
-                smi = importlib.import_module("amdsmi")
-            except ImportError as exc:
-                return Availability.no(f"amdsmi: {_one_line(exc)} ({_INSTALL})")
-            except Exception as exc:  # noqa: BLE001 - a broken install must not crash us
-                # The real package raises KeyError('libamd_smi.so') (or OSError) at import
-                # when ROCm's shared library is absent.
-                return Availability.no(
-                    f"amdsmi: import failed with {type(exc).__name__}: {_one_line(exc)} "
-                    f"({_INSTALL})"
-                )
-        self._smi = smi
-        self._error = getattr(smi, "AmdSmiException", Exception)
-        try:
-            flags = getattr(smi, "AmdSmiInitFlags", None)
-            flag = getattr(flags, "INIT_AMD_GPUS", None) or getattr(flags, "AMD_GPUS", None)
-            if flag is None:
-                smi.amdsmi_init()
-            else:
-                smi.amdsmi_init(flag)
-        except Exception as exc:  # noqa: BLE001 - probe() never raises
-            return Availability.no(
-                f"amdsmi: amdsmi_init failed: {_one_line(exc)} (is the amdgpu driver loaded?)"
-            )
-        self._initialised = True
-        try:
-            handles = list(smi.amdsmi_get_processor_handles())
-        except Exception as exc:  # noqa: BLE001 - probe() never raises
-            self.close()
-            return Availability.no(f"amdsmi: listing devices failed: {_one_line(exc)}")
+    def _import_failed(self, exc: BaseException) -> str:
+        if isinstance(exc, ImportError):
+            return f"amdsmi: {one_line(exc)} ({_INSTALL})"
+        # The real package raises KeyError('libamd_smi.so') (or OSError) at import when
+        # ROCm's shared library is absent.
+        return f"amdsmi: import failed with {type(exc).__name__}: {one_line(exc)} ({_INSTALL})"
+
+    def _error_type(self, lib: Any) -> type[BaseException]:
+        error: type[BaseException] = getattr(lib, "AmdSmiException", Exception)
+        return error
+
+    def _initialise(self, lib: Any) -> None:
+        flags = getattr(lib, "AmdSmiInitFlags", None)
+        flag = getattr(flags, "INIT_AMD_GPUS", None) or getattr(flags, "AMD_GPUS", None)
+        if flag is None:
+            lib.amdsmi_init()
+        else:
+            lib.amdsmi_init(flag)
+
+    def _init_failed(self, exc: BaseException) -> str:
+        return f"amdsmi: amdsmi_init failed: {one_line(exc)} (is the amdgpu driver loaded?)"
+
+    def _list(self, lib: Any) -> dict[str, Any]:
+        handles = list(lib.amdsmi_get_processor_handles())
         order = visible_indexes(len(handles), self._environ)
-        self._devices = {f"cuda:{i}": handles[index] for i, index in enumerate(order)}
-        return Availability.yes()
+        return {f"cuda:{i}": handles[index] for i, index in enumerate(order)}
 
-    def probe(self) -> Availability:
-        """Import and initialise amdsmi if needed; never raises."""
-        return self._start()
-
-    def close(self) -> None:
-        """Shut amdsmi down (once; later calls do nothing).  The backend is then unusable."""
-        if self._closed:
-            return
-        self._closed = True
-        self._availability = Availability.no("amdsmi: the amdsmi backend was closed")
-        self._devices = {}
-        if self._initialised:
-            self._initialised = False
-            # Nothing useful can be done about a failed shutdown.
-            with contextlib.suppress(Exception):
-                self._smi.amdsmi_shut_down()
+    def _shutdown(self, lib: Any) -> None:
+        lib.amdsmi_shut_down()
 
     # -- reading -----------------------------------------------------------------
 
-    def devices(self) -> tuple[str, ...]:
-        self._start()
-        return tuple(self._devices)
-
-    def _handle(self, device: str) -> Any:
-        availability = self._start()
-        if not availability.available:
-            raise BackendUnavailable(availability.reason)
-        try:
-            return self._devices[device]
-        except KeyError:
-            names = ", ".join(self._devices) or "none"
-            raise BackendUnavailable(f"amdsmi: no device {device} (amdsmi sees: {names})") from None
-
     def _memory(self, handle: Any) -> tuple[int | None, int | None]:
         """``(total, used)`` VRAM in bytes."""
-        smi = self._smi
+        smi = self._lib
         kinds = getattr(smi, "AmdSmiMemoryType", None)
         vram = getattr(kinds, "VRAM", None)
         if (
@@ -214,14 +166,14 @@ class AmdSmiBackend:
             None if used_mb is None else used_mb * _MIB,
         )
 
-    def _processes(self, handle: Any) -> dict[int, tuple[int | None, str]]:
+    def _processes(self, handle: Any) -> _Usage:
         """``pid -> (vram bytes or None, name)``."""
-        found: dict[int, tuple[int | None, str]] = {}
-        for item in self._smi.amdsmi_get_gpu_process_list(handle):
+        found: _Usage = {}
+        for item in self._lib.amdsmi_get_gpu_process_list(handle):
             info = item
             if not isinstance(item, dict):
                 try:
-                    info = self._smi.amdsmi_get_gpu_process_info(handle, item)
+                    info = self._lib.amdsmi_get_gpu_process_info(handle, item)
                 except self._error:
                     continue  # the process exited between the two calls
             entry = _process_entry(info)
@@ -233,56 +185,18 @@ class AmdSmiBackend:
             found[pid] = (used, name)
         return found
 
-    def read(self, device: str) -> DeviceReading:
-        handle = self._handle(device)
-        try:
-            total, used = self._memory(handle)
-            usage = self._processes(handle)
-        except self._error as exc:
-            raise BackendUnavailable(f"amdsmi: reading {device} failed: {_one_line(exc)}") from exc
-        return _reading(device, total, used, usage)
+    def _query(self, entry: Any) -> _Raw:
+        total, used = self._memory(entry)
+        return total, used, self._processes(entry)
 
-    def reset_peak(self, device: str) -> None:
-        """amdsmi keeps no peak; nothing to reset."""
-
-    def settle(self, device: str) -> None:
-        """amdsmi cannot synchronise or free anything; the tracker polls instead."""
-
-
-def _reading(
-    device: str,
-    total: int | None,
-    used: int | None,
-    usage: dict[int, tuple[int | None, str]],
-) -> DeviceReading:
-    tree = proctree.process_tree()
-    me = os.getpid()
-    ours = [usage[pid][0] for pid in usage if pid in tree]
-    process_used = None if any(u is None for u in ours) else sum(u or 0 for u in ours)
-    processes = tuple(
-        ProcessUsage(pid=pid, used=u, name=proctree.cmdline(pid) or name)
-        for pid, (u, name) in sorted(usage.items(), key=lambda kv: (-(kv[1][0] or 0), kv[0]))
-        if u is not None
-    )
-    extra: dict[str, Any] = {
-        "tree_pids": sorted(tree),
-        "own_used": usage[me][0] if me in usage else 0,
-    }
-    unknown = sorted(pid for pid, (u, _) in usage.items() if u is None)
-    if unknown:
-        extra["used_unknown_pids"] = unknown
-        extra["note"] = "amdsmi reports no VRAM figure for some processes"
-    hidden = sorted(pid for pid in usage if not proctree.is_alive(pid))
-    if hidden:
-        # Exited since amdsmi listed them, or PIDs of another PID namespace (container).
-        extra["pids_not_visible"] = hidden
-    return DeviceReading(
-        device=device,
-        sources=("amdsmi",),
-        driver_used=used,
-        total=total,
-        process_used=process_used,
-        processes=processes,
-        time=time.time(),
-        extra=extra,
-    )
+    def _reading(self, device: str, entry: Any, raw: _Raw) -> DeviceReading:
+        total, used, usage = raw
+        return driver_reading(
+            device,
+            source="amdsmi",
+            total=total,
+            used=used,
+            usage=usage,
+            extra={},
+            unknown_note="amdsmi reports no VRAM figure for some processes",
+        )

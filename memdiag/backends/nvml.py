@@ -19,27 +19,19 @@ namespace: the reading then says so in ``extra`` rather than guess.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import time
 import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from memdiag.backends.base import Availability, BackendUnavailable
-from memdiag.processes import proctree
-from memdiag.values.readings import DeviceReading, ProcessUsage
+from memdiag.backends.driver import DriverBackend, driver_reading, one_line
+from memdiag.values.readings import DeviceReading
 
 __all__ = ["NvmlBackend", "nvml_device_count", "visible_handles"]
 
 _INSTALL = "install nvidia-ml-py"
 _DRIVER_HINT = "NVML ships with the NVIDIA driver as libnvidia-ml.so.1; is the driver installed?"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def _import_pynvml() -> Any:
@@ -112,7 +104,11 @@ def visible_handles(nvml: Any, spec: str | None) -> list[tuple[Any, str]]:
     return chosen
 
 
-class NvmlBackend:
+_Usage = dict[int, int | None]
+_Raw = tuple[Any, _Usage]
+
+
+class NvmlBackend(DriverBackend[tuple[Any, str], _Raw]):
     """Driver-side memory of NVIDIA GPUs: device total/used and per-process usage.
 
     ``module`` replaces ``pynvml`` (tests pass a fake); by default ``pynvml`` is
@@ -122,97 +118,54 @@ class NvmlBackend:
     """
 
     name = "nvml"
+    label = "nvidia-ml-py"
+    sees = "NVML"
 
     def __init__(self, *, module: Any = None, visible_devices: str | None = None) -> None:
-        self._module: Any = module
+        super().__init__(module=module)
         self._spec = visible_devices
-        self._availability: Availability | None = None
-        self._nvml: Any = None
-        self._error: type[BaseException] = Exception
-        self._devices: dict[str, tuple[Any, str]] = {}
-        self._initialised = False
-        self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def _start(self) -> Availability:
-        if self._availability is not None:
-            return self._availability
-        self._availability = self._init()
-        return self._availability
+    def _import(self) -> Any:
+        return _import_pynvml()
 
-    def _init(self) -> Availability:
-        nvml = self._module
-        if nvml is None:
-            try:
-                nvml = _import_pynvml()
-            except ImportError as exc:
-                return Availability.no(f"nvidia-ml-py: {_one_line(exc)}; {_INSTALL}")
-            except Exception as exc:  # noqa: BLE001 - a broken install must not crash us
-                return Availability.no(
-                    f"nvidia-ml-py: importing pynvml failed: {type(exc).__name__}: "
-                    f"{_one_line(exc)}; reinstall nvidia-ml-py"
-                )
-        self._nvml = nvml
-        self._error = getattr(nvml, "NVMLError", Exception)
-        try:
-            nvml.nvmlInit()
-        except Exception as exc:  # noqa: BLE001 - probe() never raises
-            return Availability.no(
-                f"nvidia-ml-py: nvmlInit failed: {_one_line(exc)} ({_DRIVER_HINT})"
-            )
-        self._initialised = True
+    def _import_failed(self, exc: BaseException) -> str:
+        if isinstance(exc, ImportError):
+            return f"nvidia-ml-py: {one_line(exc)}; {_INSTALL}"
+        return (
+            f"nvidia-ml-py: importing pynvml failed: {type(exc).__name__}: "
+            f"{one_line(exc)}; reinstall nvidia-ml-py"
+        )
+
+    def _error_type(self, lib: Any) -> type[BaseException]:
+        error: type[BaseException] = getattr(lib, "NVMLError", Exception)
+        return error
+
+    def _initialise(self, lib: Any) -> None:
+        lib.nvmlInit()
+
+    def _init_failed(self, exc: BaseException) -> str:
+        return f"nvidia-ml-py: nvmlInit failed: {one_line(exc)} ({_DRIVER_HINT})"
+
+    def _list(self, lib: Any) -> dict[str, tuple[Any, str]]:
         spec = os.environ.get("CUDA_VISIBLE_DEVICES") if self._spec is None else self._spec
-        try:
-            handles = visible_handles(nvml, spec)
-        except Exception as exc:  # noqa: BLE001 - probe() never raises
-            self.close()
-            return Availability.no(f"nvidia-ml-py: listing devices failed: {_one_line(exc)}")
-        self._devices = {f"cuda:{i}": entry for i, entry in enumerate(handles)}
-        return Availability.yes()
+        return {f"cuda:{i}": entry for i, entry in enumerate(visible_handles(lib, spec))}
 
-    def probe(self) -> Availability:
-        """Initialise NVML if needed; never raises."""
-        return self._start()
-
-    def close(self) -> None:
-        """Shut NVML down (once; later calls do nothing).  The backend is then unusable."""
-        if self._closed:
-            return
-        self._closed = True
-        self._availability = Availability.no("nvidia-ml-py: the nvml backend was closed")
-        self._devices = {}
-        if self._initialised:
-            self._initialised = False
-            # Nothing useful can be done about a failed shutdown.
-            with contextlib.suppress(Exception):
-                self._nvml.nvmlShutdown()
+    def _shutdown(self, lib: Any) -> None:
+        lib.nvmlShutdown()
 
     # -- reading -----------------------------------------------------------------
-
-    def devices(self) -> tuple[str, ...]:
-        self._start()
-        return tuple(self._devices)
 
     def uuid(self, device: str) -> str:
         """The NVML UUID (``GPU-…`` or ``MIG-…``) behind a ``cuda:N`` name."""
         return self._handle(device)[1]
 
-    def _handle(self, device: str) -> tuple[Any, str]:
-        availability = self._start()
-        if not availability.available:
-            raise BackendUnavailable(availability.reason)
-        try:
-            return self._devices[device]
-        except KeyError:
-            names = ", ".join(self._devices) or "none"
-            raise BackendUnavailable(f"nvml: no device {device} (NVML sees: {names})") from None
-
-    def _processes(self, handle: Any) -> dict[int, int | None]:
+    def _processes(self, handle: Any) -> _Usage:
         """``pid -> bytes`` (``None``: NVML cannot tell) over compute and graphics contexts."""
-        usage: dict[int, int | None] = {}
-        lists = [self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)]
-        graphics = getattr(self._nvml, "nvmlDeviceGetGraphicsRunningProcesses", None)
+        usage: _Usage = {}
+        lists = [self._lib.nvmlDeviceGetComputeRunningProcesses(handle)]
+        graphics = getattr(self._lib, "nvmlDeviceGetGraphicsRunningProcesses", None)
         if graphics is not None:
             try:
                 lists.append(graphics(handle))
@@ -230,63 +183,24 @@ class NvmlBackend:
                     usage[pid] = used
         return usage
 
-    def read(self, device: str) -> DeviceReading:
-        handle, uuid = self._handle(device)
-        try:
-            memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
-            usage = self._processes(handle)
-        except self._error as exc:
-            raise BackendUnavailable(f"nvml: reading {device} failed: {_one_line(exc)}") from exc
-        return _reading(device, uuid, int(memory.total), int(memory.used), usage)
+    def _query(self, entry: tuple[Any, str]) -> _Raw:
+        handle = entry[0]
+        return self._lib.nvmlDeviceGetMemoryInfo(handle), self._processes(handle)
 
-    def reset_peak(self, device: str) -> None:
-        """NVML keeps no peak; nothing to reset."""
-
-    def settle(self, device: str) -> None:
-        """NVML cannot synchronise or free anything; the tracker polls instead."""
-
-
-def _reading(
-    device: str, uuid: str, total: int, used: int, usage: dict[int, int | None]
-) -> DeviceReading:
-    me = os.getpid()
-    # The passing path must stay cheap: scan /proc for the process tree only when the
-    # device lists processes other than this one, and name only the tree's processes.
-    others = [pid for pid in usage if pid != me]
-    tree = proctree.process_tree() if others else frozenset({me})
-    unknown = sorted(pid for pid, u in usage.items() if u is None)
-    ours = [usage[pid] for pid in usage if pid in tree]
-    process_used = None if any(u is None for u in ours) else sum(u or 0 for u in ours)
-    processes = tuple(
-        ProcessUsage(pid=pid, used=u, name=proctree.cmdline(pid) if pid in tree else "")
-        for pid, u in sorted(usage.items(), key=lambda item: (-(item[1] or 0), item[0]))
-        if u is not None
-    )
-    extra: dict[str, Any] = {
-        "uuid": uuid,
-        "tree_pids": sorted(tree),
-        "own_used": usage.get(me, 0),
-    }
-    if unknown:
-        extra["used_unknown_pids"] = unknown
-        extra["note"] = (
-            "NVML reports no per-process memory for some processes "
-            "(usedGpuMemory unavailable, as in many containers)"
+    def _reading(self, device: str, entry: tuple[Any, str], raw: _Raw) -> DeviceReading:
+        memory, usage = raw
+        return driver_reading(
+            device,
+            source="nvml",
+            total=int(memory.total),
+            used=int(memory.used),
+            usage={pid: (used, "") for pid, used in usage.items()},
+            extra={"uuid": entry[1]},
+            unknown_note=(
+                "NVML reports no per-process memory for some processes "
+                "(usedGpuMemory unavailable, as in many containers)"
+            ),
         )
-    hidden = sorted(pid for pid in others if pid not in tree and not proctree.is_alive(pid))
-    if hidden:
-        # Exited since NVML listed them, or PIDs of another PID namespace (container).
-        extra["pids_not_visible"] = hidden
-    return DeviceReading(
-        device=device,
-        sources=("nvml",),
-        driver_used=used,
-        total=total,
-        process_used=process_used,
-        processes=processes,
-        time=time.time(),
-        extra=extra,
-    )
 
 
 def nvml_device_count(*, module: Any = None, visible_devices: str | None = None) -> int:

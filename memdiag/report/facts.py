@@ -16,7 +16,6 @@ from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult
 
 __all__ = [
-    "KIND_LABELS",
     "GroupView",
     "Hop",
     "Point",
@@ -30,24 +29,10 @@ __all__ = [
     "unrooted_groups",
 ]
 
-#: The class of a finding in two or three words, for badges and table cells.
-KIND_LABELS: dict[FindingKind, str] = {
-    FindingKind.LIVE_TENSORS: "live tensors",
-    FindingKind.GC_FROZEN: "gc-frozen",
-    FindingKind.NATIVE: "native (no tensor)",
-    FindingKind.OUTSIDE_TORCH: "outside PyTorch",
-    FindingKind.OTHER_PROCESS: "other process",
-    FindingKind.ALLOCATOR_CACHE: "allocator cache",
-    FindingKind.WORKSPACE: "workspaces",
-    FindingKind.CONTEXT: "device context",
-    FindingKind.PROCESS_GROUP: "process group",
-    FindingKind.WORKER: "worker process",
-}
-
 
 def kind_label(kind: FindingKind) -> str:
-    """:data:`KIND_LABELS`, falling back to the kind's own title for newer kinds."""
-    return KIND_LABELS.get(kind) or kind.title
+    """The class of a finding in two or three words (:attr:`FindingKind.label`)."""
+    return kind.label
 
 
 def limit_for(verbosity: int) -> int | None:

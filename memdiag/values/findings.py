@@ -29,24 +29,30 @@ class FindingKind(str, Enum):
 
     @property
     def title(self) -> str:  # type: ignore[override]  # str.title is not used on kinds
-        return _TITLES[self]
+        return _NAMES[self][0]
+
+    @property
+    def label(self) -> str:
+        """The class in two or three words, for badges and table cells."""
+        return _NAMES[self][1]
 
     @property
     def is_leak_class(self) -> bool:
         return self in _LEAK_CLASSES
 
 
-_TITLES = {
-    FindingKind.LIVE_TENSORS: "live tensors created since baseline",
-    FindingKind.GC_FROZEN: "gc-frozen garbage",
-    FindingKind.NATIVE: "allocated memory held by no Python tensor",
-    FindingKind.OUTSIDE_TORCH: "memory outside PyTorch",
-    FindingKind.OTHER_PROCESS: "memory of another process of the tree",
-    FindingKind.ALLOCATOR_CACHE: "allocator cache (reserved, not allocated)",
-    FindingKind.WORKSPACE: "framework workspaces",
-    FindingKind.CONTEXT: "device context",
-    FindingKind.PROCESS_GROUP: "process group not destroyed",
-    FindingKind.WORKER: "worker process",
+_NAMES: dict[FindingKind, tuple[str, str]] = {
+    # kind: (title, for messages; label, two or three words for badges and table cells)
+    FindingKind.LIVE_TENSORS: ("live tensors created since baseline", "live tensors"),
+    FindingKind.GC_FROZEN: ("gc-frozen garbage", "gc-frozen"),
+    FindingKind.NATIVE: ("allocated memory held by no Python tensor", "native (no tensor)"),
+    FindingKind.OUTSIDE_TORCH: ("memory outside PyTorch", "outside PyTorch"),
+    FindingKind.OTHER_PROCESS: ("memory of another process of the tree", "other process"),
+    FindingKind.ALLOCATOR_CACHE: ("allocator cache (reserved, not allocated)", "allocator cache"),
+    FindingKind.WORKSPACE: ("framework workspaces", "workspaces"),
+    FindingKind.CONTEXT: ("device context", "device context"),
+    FindingKind.PROCESS_GROUP: ("process group not destroyed", "process group"),
+    FindingKind.WORKER: ("worker process", "worker process"),
 }
 _LEAK_CLASSES = frozenset(
     {
