@@ -31,7 +31,9 @@ from memdiag.processes.distributed import (
     process_group_findings,
     process_group_state,
 )
+from memdiag.processes.proctree import process_tree
 from memdiag.processes.watch import ProcessWatch, without_covered_processes
+from memdiag.retainers.attach import attach_retainers
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
 from memdiag.values.units import Tolerance
@@ -420,8 +422,6 @@ class Tracker:
         all_notices = list(self.selection.notices) + list(notices or [])
         analysis: dict[str, Any] = {}
         if census is not None and self.analyze and any(f.storages and f.is_leak for f in findings):
-            from memdiag.retainers.attach import attach_retainers
-
             findings, analysis, extra = attach_retainers(
                 findings, record_alloc_stacks=self.record_alloc_stacks
             )
@@ -468,10 +468,6 @@ def _safe(fn: Any, *args: Any) -> None:
 
 
 def _tree_pids() -> frozenset[int]:
-    try:
-        from memdiag.processes.proctree import process_tree
-    except ImportError:  # pragma: no cover - proctree ships with memdiag
-        return frozenset({os.getpid()})
     return frozenset(process_tree())
 
 

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from memdiag.retainers.analysis import analyze
 from memdiag.values.findings import Finding
 
 __all__ = ["attach_retainers"]
@@ -28,10 +29,6 @@ def attach_retainers(
 
         alloc_sites, site_notices = sites_for(findings)
         notices.extend(site_notices)
-    try:
-        from memdiag.retainers import analyze
-    except ImportError as exc:
-        return list(findings), {}, [f"retainer analysis unavailable: {exc}"]
     try:
         report = analyze(targets, alloc_sites=alloc_sites)
     except Exception as exc:  # noqa: BLE001 - the verdict stands without the chains
