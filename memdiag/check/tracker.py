@@ -25,7 +25,9 @@ from typing import Any
 from memdiag.backends.base import BackendUnavailable
 from memdiag.backends.registry import Selection, select
 from memdiag.check.classify import Assessment, assess, classify
-from memdiag.heap.census import Census, StorageLedger, take_census
+from memdiag.check.settle import SettleOutcome, poll_until_settled, settle_clock
+from memdiag.heap.census import Census, StorageLedger, ledger_deaths, take_census
+from memdiag.heap.hostmem import HostCounters, grew, host_counters, moved
 from memdiag.processes.distributed import (
     GroupState,
     process_group_findings,
@@ -49,6 +51,10 @@ H200 (CUDA 13, torch 2.11): the first matmul creates a cuBLAS handle that takes
 66 MiB outside PyTorch for the life of the process, and lazily loaded kernel
 modules add a few MiB more; an NCCL communicator or a leaked worker is far larger."""
 DEFAULT_SETTLE = 1.0
+_LEDGER_DRIFT = 256 * 1024
+"""A shared ledger is refreshed once the host counters moved this much since its last
+refresh (less when the tolerance is small): new storages it does not know are counted
+as baseline memory by a gated check, so they are kept under this bound."""
 
 _ACTIVE: list[Tracker] = []
 _ACTIVE_LOCK = threading.Lock()
@@ -105,8 +111,10 @@ class Tracker:
     ``cuda:0,cuda:1``, or a ready :class:`Selection` (tests pass fake backends).
     ``tolerance``: growth allowed per device (a :class:`Tolerance`, or a mapping from
     device name to tolerance with ``"*"`` as the default).  ``settle``: seconds the
-    failing path may poll for memory to come back.  ``ledger``: storages known to
-    predate the baseline (the pytest plugin shares one); without it the tracker
+    failing path may poll for memory to come back; ``stall``: seconds of unchanged
+    readings that end it sooner (default :func:`memdiag.check.settle.stall_window`).
+    ``ledger``: storages known to predate the baseline (the pytest plugin shares
+    one); without it the tracker
     records the live storages at start, so "created since baseline" is exact.
     ``collect_at_start``: run ``gc.collect()`` before the baseline, so garbage alive
     then (collected later) cannot hide growth; the pytest plugin turns it off to keep
@@ -114,6 +122,10 @@ class Tracker:
     (workers still alive after shutdown are leaks).  ``worker_reports``: ask child
     Python processes that call :func:`memdiag.agent.install` to write their own
     report into a directory (``True``: a temporary one) and merge them in.
+    ``gate``: on ``cpu``, read the host memory counters (:mod:`memdiag.heap.hostmem`)
+    and take the census (a heap walk) only when they moved by more than the tolerance
+    or a storage alive at baseline was freed; ``None`` (default) turns it on when a
+    shared ``ledger`` is given (a tracker per test) and leaves one-shot trackers exact.
     """
 
     def __init__(
@@ -123,12 +135,14 @@ class Tracker:
         tolerance: Tolerance | Mapping[str, Tolerance] | None = None,
         driver_tolerance: Tolerance | None = None,
         settle: float = DEFAULT_SETTLE,
+        stall: float | None = None,
         ledger: StorageLedger | None = None,
         analyze: bool = True,
         record_alloc_stacks: bool = False,
         collect_at_start: bool = True,
         watch_processes: bool = True,
         worker_reports: bool | str | os.PathLike[str] = False,
+        gate: bool | None = None,
         name: str = "",
     ) -> None:
         if settle < 0:
@@ -137,8 +151,14 @@ class Tracker:
         self._tolerance = tolerance
         self._driver_tolerance = driver_tolerance or DEFAULT_DRIVER_TOLERANCE
         self.settle_s = float(settle)
+        self.stall_s = stall
+        self.settle_outcome: SettleOutcome | None = None
+        """How the last settle ended (``None``: the check did not need one)."""
         self._own_ledger = ledger is None
         self._ledger = ledger
+        self._gate_wanted = (ledger is not None) if gate is None else gate
+        self._gate_base: HostCounters | None = None
+        self._gate_deaths = 0
         self.analyze = analyze
         self.record_alloc_stacks = record_alloc_stacks
         self.collect_at_start = collect_at_start
@@ -148,6 +168,8 @@ class Tracker:
         self.phases: list[PhaseRecord] = []
         self._open: _OpenPhase | None = None
         self._baseline_freeze = 0
+        self.gate_reason: str | None = None
+        """Why the last gated CPU reading had to walk the heap (``None``: it did not)."""
         self._started = False
         self._tree_pids: frozenset[int] = frozenset()
         self.result: CheckResult | None = None
@@ -171,6 +193,11 @@ class Tracker:
         if self._own_ledger:
             self._ledger = StorageLedger()
             self._ledger.refresh()
+        gate_cpu = self._gate_wanted and "cpu" in self.selection.devices
+        counters = host_counters() if gate_cpu else None
+        if counters is not None and self._ledger is not None:
+            if self._refresh_drifted_ledger(self._ledger, counters):
+                counters = host_counters()
         if self.record_alloc_stacks:
             from memdiag.heap.alloc_stacks import start_recording
 
@@ -182,7 +209,10 @@ class Tracker:
                 # are freed now, so freeing them while settling later cannot hide growth.
                 _safe(backend.settle, device)
                 _safe(backend.reset_peak, device)
-        self.baseline = self.read()
+        if counters is not None:
+            self._gate_base = counters
+            self._gate_deaths = ledger_deaths()
+        self.baseline = self._read(gated=True, baseline=True)
         self._tree_pids = self._tree_for(self.baseline)
         if self._procs is not None:
             self._procs.start(self.baseline)
@@ -246,10 +276,21 @@ class Tracker:
                 self.baseline[device] = reading
 
     def read(self) -> dict[str, DeviceReading]:
-        """One cheap reading of every device, merged across backends."""
+        """One reading of every device, merged across backends (on ``cpu``: a census)."""
+        return self._read()
+
+    def _read(self, *, gated: bool = False, baseline: bool = False) -> dict[str, DeviceReading]:
+        """``gated``: on ``cpu`` with the gate on, the host counters stand in for the
+        census (``allocated`` unknown) unless they moved; the check and the baseline
+        read this way, phases and callers of :meth:`read` get the census."""
         assert self.selection is not None, "start() the tracker first"
         readings: dict[str, DeviceReading] = {}
         for device in self.selection.devices:
+            if device == "cpu" and gated and self._gate_base is not None:
+                gated_reading = self._gated_cpu(baseline)
+                if gated_reading is not None:
+                    readings[device] = gated_reading
+                    continue
             merged: DeviceReading | None = None
             for backend in self.selection.readers(device):
                 try:
@@ -259,6 +300,54 @@ class Tracker:
                 merged = reading if merged is None else merged.merged(reading)
             readings[device] = merged or DeviceReading(device=device, time=time.monotonic())
         return readings
+
+    def gate_slack(self) -> int:
+        """Bytes the host counters may move before the CPU census must run."""
+        return self.allowance("cpu", None)
+
+    def _refresh_drifted_ledger(self, ledger: StorageLedger, now: HostCounters) -> bool:
+        """Refresh a shared ledger when storages may have been created since its last
+        refresh and still live (the gated baseline counts only the ledger's storages);
+        returns whether it did."""
+        then = ledger.counters
+        slack = min(self.gate_slack() // 4, _LEDGER_DRIFT)
+        if then is None or grew(then, now, slack):
+            ledger.refresh()
+            return True
+        return False
+
+    def _gated_cpu(self, baseline: bool) -> DeviceReading | None:
+        """The CPU reading from the host counters, or ``None`` when a census must run.
+
+        At the baseline, ``allocated`` is the bytes of the ledger's live CPU storages
+        (the ledger was refreshed within a fraction of the tolerance); later, it is
+        unknown while the counters stay within the tolerance and no storage alive at
+        baseline was freed."""
+        base = self._gate_base
+        now = base if baseline else host_counters()
+        if base is None or now is None or self._ledger is None:
+            return None
+        extra: dict[str, Any] = {"host": now.to_json()}
+        if baseline:
+            allocated: int | None = self._ledger.live_bytes("cpu")
+            extra["census"] = "storages of the ledger (host counters gate the check)"
+        else:
+            deaths = ledger_deaths() - self._gate_deaths
+            reason = moved(base, now, self.gate_slack())
+            if reason is None and deaths:
+                reason = f"{deaths} storages alive at an earlier baseline were freed"
+            if reason is not None:
+                self.gate_reason = reason
+                return None
+            allocated = None
+            extra["census"] = "skipped: host counters within the tolerance since baseline"
+        return DeviceReading(
+            device="cpu",
+            sources=("hostmem",),
+            allocated=allocated,
+            time=time.monotonic(),
+            extra=extra,
+        )
 
     def phase(self, name: str) -> _PhaseHandle:
         """End the open phase (if any) and start ``name``."""
@@ -321,7 +410,7 @@ class Tracker:
         t0 = time.perf_counter()
         if self._open is not None:
             self.end_phase()
-        readings = self.read()
+        readings = self._read(gated=True)
         assessment = self._assess(readings)
         freeze_grew = gc.get_freeze_count() > self._baseline_freeze
         pending = self._processes_pending(readings)  # observes the tree: always called
@@ -368,36 +457,37 @@ class Tracker:
         self, readings: dict[str, DeviceReading], assessment: Assessment
     ) -> tuple[dict[str, DeviceReading], Assessment, float, dict[str, int]]:
         assert self.selection is not None
-        start = time.monotonic()
+        start = settle_clock()
         workspace: dict[str, int] = {}
         for device in self.selection.devices:
             before = readings[device].allocated
             for backend in self.selection.readers(device):
                 _safe(backend.settle, device)
-            after_reading = self.read().get(device)
+            after_reading = self._read(gated=True).get(device)
             if before is not None and after_reading and after_reading.allocated is not None:
                 freed = before - after_reading.allocated
                 if freed > 0 and any(b.name == "torch" for b in self.selection.readers(device)):
                     workspace[device] = freed
         # Freeing framework workspaces is cheap and often enough; a full collection
         # (expensive on large heaps) only when memory is still not back.
-        readings = self.read()
+        readings = self._read(gated=True)
         assessment = self._assess(readings)
         pending = self._processes_pending(readings)
         if assessment.clean and not pending:
-            return readings, assessment, time.monotonic() - start, workspace
+            elapsed = settle_clock() - start
+            self.settle_outcome = SettleOutcome("back", elapsed, 1, self.settle_s, 0.0)
+            return readings, assessment, elapsed, workspace
         gc.collect()
-        delay = 0.01
-        while True:
-            readings = self.read()
-            assessment = self._assess(readings)
-            elapsed = time.monotonic() - start
-            pending = self._processes_pending(readings)
-            settled = assessment.clean and not pending
-            if settled or elapsed >= self.settle_s:
-                return readings, assessment, elapsed, workspace
-            time.sleep(min(delay, max(0.0, self.settle_s - elapsed)))
-            delay = min(delay * 2, 0.25)
+
+        def poll() -> tuple[dict[str, DeviceReading], Assessment, bool]:
+            now = self._read(gated=True)
+            return now, self._assess(now), self._processes_pending(now)
+
+        readings, assessment, outcome = poll_until_settled(
+            poll, settle_s=self.settle_s, started=start, stall_s=self.stall_s
+        )
+        self.settle_outcome = outcome
+        return readings, assessment, outcome.elapsed_s, workspace
 
     def _finish(
         self,
@@ -426,6 +516,13 @@ class Tracker:
                 findings, record_alloc_stacks=self.record_alloc_stacks
             )
             all_notices.extend(extra)
+        outcome = self.settle_outcome
+        if outcome is not None:
+            analysis["settle"] = outcome.to_json()
+            if outcome.ended != "back":
+                all_notices.append(outcome.describe())
+        if self.gate_reason is not None:
+            analysis["cpu_gate"] = self.gate_reason
         if self._procs is not None:
             # check() observed the tree with these readings moments ago: no rescan.
             process_findings = self._procs.findings(readings, observed=True)

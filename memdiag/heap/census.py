@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from memdiag.heap.hostmem import HostCounters, host_counters
 from memdiag.heap.view import HeapView, call_with_full_heap
 from memdiag.values.findings import TensorSummary
 
@@ -29,6 +30,7 @@ __all__ = [
     "Census",
     "StorageLedger",
     "StorageRecord",
+    "ledger_deaths",
     "take_census",
     "tensor_class",
 ]
@@ -79,6 +81,30 @@ class Census:
     """Device -> bytes of the new storages seen only through ``gc.freeze()``-frozen tensors."""
 
 
+_DEATHS = [0]
+
+
+def _storage_died(ref: object) -> None:
+    _DEATHS[0] += 1
+
+
+def ledger_deaths() -> int:
+    """How many storages recorded by any :class:`StorageLedger` have been freed so far.
+
+    A storage alive at a baseline and freed since lets a new one of the same size take
+    its bytes: the host counters of :mod:`memdiag.heap.hostmem` cannot see that, so
+    the CPU gate also compares this count."""
+    return _DEATHS[0]
+
+
+class StorageRef(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to a storage that remembers its device and size."""
+
+    __slots__ = ("device", "nbytes")
+    device: str
+    nbytes: int
+
+
 @dataclass
 class StorageLedger:
     """Storages known to predate the baseline, held by weak reference only."""
@@ -86,6 +112,26 @@ class StorageLedger:
     refs: dict[int, weakref.ReferenceType[Any]] = field(default_factory=dict)
     strong_keys: set[int] = field(default_factory=set)
     """Keys seen only through frozen tensors in a forked walk (no weakref possible)."""
+    counters: HostCounters | None = None
+    """Host memory counters when the ledger was last refreshed (``None``: unknown)."""
+
+    def live_bytes(self, device: str) -> int:
+        """Bytes of the recorded storages on ``device`` that are still alive."""
+        total = 0
+        for ref in self.refs.values():
+            storage = ref()
+            if storage is None:
+                continue
+            if isinstance(ref, StorageRef):
+                if ref.device == device:
+                    total += ref.nbytes
+            elif device == "cpu":
+                try:
+                    if storage.device.type == "cpu":
+                        total += int(storage.nbytes())
+                except Exception:  # noqa: BLE001
+                    continue
+        return total
 
     def knows(self, key: int, storage: object) -> bool:
         ref = self.refs.get(key)
@@ -98,6 +144,7 @@ class StorageLedger:
         tensor = tensor_class()
         self.refs.clear()
         self.strong_keys.clear()
+        self.counters = host_counters()
         if tensor is None:
             return 0
         objects = gc.get_objects()
@@ -106,10 +153,20 @@ class StorageLedger:
                 if is_tensor_type(type(obj), tensor):
                     storage = _storage_of(obj)
                     if storage is not None:
+                        key = storage._cdata
+                        if key in self.refs:
+                            continue
                         try:
-                            self.refs[storage._cdata] = weakref.ref(storage)
+                            ref = StorageRef(storage, _storage_died)
                         except TypeError:
-                            self.strong_keys.add(storage._cdata)
+                            self.strong_keys.add(key)
+                            continue
+                        try:
+                            ref.device = _device_name(obj)
+                            ref.nbytes = int(storage.nbytes())
+                        except Exception:  # noqa: BLE001
+                            ref.device, ref.nbytes = "?", 0
+                        self.refs[key] = ref
             if gc.get_freeze_count():
                 self.strong_keys.update(call_with_full_heap(_frozen_storage_keys))
             return len(objects)
@@ -133,6 +190,7 @@ class StorageLedger:
     def clear(self) -> None:
         self.refs.clear()
         self.strong_keys.clear()
+        self.counters = None
 
 
 def _frozen_storage_keys(view: HeapView) -> set[int]:

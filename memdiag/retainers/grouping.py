@@ -56,18 +56,15 @@ def signature(parts: Iterable[str]) -> str:
     return hashlib.sha1("\x1f".join(parts).encode("utf-8", "replace")).hexdigest()[:12]
 
 
-def _common_prefix(paths: list[list[int]]) -> int:
-    first = paths[0]
-    length = len(first)
-    for other in paths[1:]:
-        length = min(length, len(other))
-        for index in range(length):
-            if other[index] != first[index]:
-                length = index
-                break
-        if length == 0:
-            break
-    return length
+def _shown_length(where: Mapping[int, int], common: int, shown: int) -> int:
+    """``common`` path nodes as a length of the shown (possibly elided) chain."""
+    if common <= 0:
+        return 0
+    inside = [index for position, index in where.items() if position < common]
+    last = max(inside, default=-1)
+    if common - 1 not in where and last + 1 < shown:
+        last += 1  # the shared part ends inside an elided gap: include the gap
+    return last + 1
 
 
 def _rooted_groups(
@@ -75,7 +72,7 @@ def _rooted_groups(
 ) -> list[RetainerGroup]:
     graph = forest.graph
     targets = forest.targets
-    buckets: dict[tuple[str, str, tuple[str, ...]], list[int]] = {}
+    buckets: dict[tuple[str, str, int], list[int]] = {}
     claimed = sorted((h for h in graph.holders if h in forest.claim), key=forest.order.__getitem__)
     for holder in claimed:
         seed = forest.seeds[forest.claim[holder]]
@@ -89,11 +86,15 @@ def _rooted_groups(
         credited |= mine
         example = max(holders, key=lambda h: (targets.get(graph.holders[h], 0), -forest.order[h]))
         storage = targets.get(graph.holders[example], 0)
-        chain, nodes = forest.chain(example)
-        paths = [forest.path(h) for h in holders] if len(holders) > 1 else [nodes]
-        common = _common_prefix(paths)
+        chain, nodes, where = forest.chain(example)
+        common = forest.common_length(holders)
         suspect = forest.suspect.get(example)
-        suspect_index = nodes.index(suspect) if suspect in nodes else None
+        suspect_at = forest.depth.get(suspect) if suspect is not None else None
+        suspect_index = (
+            where.get(suspect_at)
+            if suspect_at is not None and suspect_at < len(nodes) and nodes[suspect_at] == suspect
+            else None
+        )
         seed = forest.seeds[forest.claim[example]]
         note = ""
         if kind == "frozen":
@@ -112,12 +113,17 @@ def _rooted_groups(
                 tensor_count=len(holders),
                 storage_count=len(mine),
                 signature=signature(
-                    (kind, seed.signature_name, *shape, type_name(type(graph.nodes[example])))
+                    (
+                        kind,
+                        seed.signature_name,
+                        *forest.shape_parts(shape),
+                        type_name(type(graph.nodes[example])),
+                    )
                 ),
                 frozen=any(n in frozen_ids for n in nodes),
                 example_tensor=forest.info(example).text(storage),
                 storage_keys=tuple(sorted(keys)),
-                common_length=common,
+                common_length=_shown_length(where, common, len(chain)),
                 note=note,
                 alloc_site=alloc_sites.get(graph.holders[example]),
                 other_roots=others,

@@ -29,7 +29,7 @@ ROOT_KINDS = (
     "native",
 )
 
-_PATH_LABEL = re.compile(r"^[.\[]")
+_PATH_LABEL = re.compile(r"^(?!\.\.\. )[.\[]")  # ``... N more links ...`` is no path
 
 
 def _is_path(label: str) -> bool:

@@ -23,7 +23,7 @@ import gc
 import re
 import types
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 
 from memdiag.retainers.describe import (
@@ -40,7 +40,12 @@ from memdiag.retainers.model import ROOT_KINDS, Edge
 from memdiag.retainers.roots import RootEnv, Seed
 from memdiag.retainers.scan import Subgraph
 
-__all__ = ["PathForest", "normalise_label"]
+__all__ = ["CHAIN_HEAD", "CHAIN_TAIL", "PathForest", "normalise_label"]
+
+CHAIN_HEAD = 12
+"""Hops shown from the root's end of a long chain."""
+CHAIN_TAIL = 8
+"""Hops shown from the tensor's end of a long chain."""
 
 _NOTABLE = (
     types.MethodType,
@@ -99,7 +104,12 @@ class PathForest:
         self.tree_parent: dict[int, int | None] = {}
         self.long_lived: dict[int, bool] = {}
         self.suspect: dict[int, int | None] = {}
-        self.shape: dict[int, tuple[str, ...]] = {}
+        self.depth: dict[int, int] = {}
+        self.shape: dict[int, int] = {}
+        """node -> shape id; a shape is (parent shape id, label shape, type), interned so
+        a chain of any length costs one small entry per node."""
+        self._shapes: list[tuple[int, str, str]] = []
+        self._shape_ids: dict[tuple[int, str, str], int] = {}
         self.role: dict[int, str] = {}
         self._parents: dict[int, list[int]] | None = None
         self._infos: dict[int, TensorInfo] = {}
@@ -151,6 +161,7 @@ class PathForest:
         self.claim[node] = seed_index
         self.order[node] = len(self.order)
         self.tree_parent[node] = parent
+        self.depth[node] = 0 if parent is None else self.depth[parent] + 1
         pseudo = self.seeds[seed_index].kind in PSEUDO_KINDS
         parent_ll = (not pseudo) if parent is None else self.long_lived[parent]
         self.long_lived[node] = long_lived = self._is_long_lived(obj, parent_ll)
@@ -162,8 +173,25 @@ class PathForest:
         label, role = self._label(node)
         self.role[node] = role
         self.suspect[node] = None if long_lived else node
-        prefix = () if parent is None else self.shape[parent]
-        self.shape[node] = (*prefix, normalise_label(label), type_name(type(obj)))
+        key = (
+            -1 if parent is None else self.shape[parent],
+            normalise_label(label),
+            type_name(type(obj)),
+        )
+        shape = self._shape_ids.get(key)
+        if shape is None:
+            shape = self._shape_ids[key] = len(self._shapes)
+            self._shapes.append(key)
+        self.shape[node] = shape
+
+    def shape_parts(self, shape: int) -> tuple[str, ...]:
+        """The labels and types of an interned shape, from the root down."""
+        parts: list[str] = []
+        while shape >= 0:
+            shape, label, kind = self._shapes[shape]
+            parts += (kind, label)
+        parts.reverse()
+        return tuple(parts)
 
     def _label(self, node: int) -> tuple[str, str]:
         parent = self.tree_parent[node]
@@ -237,14 +265,53 @@ class PathForest:
             found = self._infos[holder] = tensor_info(self.graph.nodes[holder])
         return found
 
-    def chain(self, holder: int) -> tuple[tuple[Edge, ...], list[int]]:
-        """The labelled hops from the holder's root down to it, and the node ids."""
+    def common_length(self, holders: Sequence[int]) -> int:
+        """How many nodes, from the root down, the paths to ``holders`` share: the depth
+        of their lowest common ancestor plus one, found by walking up from each holder
+        only as far as the ancestor (never building the paths)."""
+        parent = self.tree_parent
+        depth = self.depth
+        common: int | None = holders[0]
+        for holder in holders[1:]:
+            a: int | None = common
+            b: int | None = holder
+            while a is not None and b is not None and depth[a] > depth[b]:
+                a = parent[a]
+            while a is not None and b is not None and depth[b] > depth[a]:
+                b = parent[b]
+            while a is not None and b is not None and a != b:
+                a, b = parent[a], parent[b]
+            common = a if a is not None and a == b else None
+            if common is None:
+                return 0
+        return 0 if common is None else depth[common] + 1
+
+    def chain(
+        self, holder: int, *, head: int = CHAIN_HEAD, tail: int = CHAIN_TAIL
+    ) -> tuple[tuple[Edge, ...], list[int], dict[int, int]]:
+        """The labelled hops from the holder's root down to it, the path's node ids,
+        and where each shown hop sits in the path (path index -> chain index).
+
+        A path longer than ``head + tail`` hops shows its first ``head`` and last
+        ``tail`` hops, and the suspect with its neighbours, with one
+        ``... N more links ...`` hop for each gap: the output stays bounded however
+        long the chain (labels are still computed along the whole path: linear)."""
         nodes = self.path(holder)
+        count = len(nodes)
+        shown: set[int] | None = None
+        if count > head + tail + 1:
+            shown = set(range(head)) | set(range(count - tail, count))
+            suspect = self.suspect.get(holder)
+            if suspect is not None and suspect in self.depth:
+                at = self.depth[suspect]
+                shown.update(i for i in (at - 1, at, at + 1) if 0 <= i < count)
         seed = self.seeds[self.claim[holder]]
         pseudo = seed.kind in PSEUDO_KINDS
         objects = self.graph.nodes
         edges: list[Edge] = []
+        where: dict[int, int] = {}
         role = seed.role
+        skipped = 0
         for position, node in enumerate(nodes):
             obj = objects[node]
             if position == 0:
@@ -252,23 +319,30 @@ class PathForest:
             else:
                 owner = seed.owner if position == 1 else objects[nodes[position - 2]]
                 label, role = self.labeller.hop(objects[nodes[position - 1]], role, obj, owner)
-            if position == len(nodes) - 1:
+            if shown is not None and position not in shown:
+                skipped += 1
+                continue
+            if skipped:
+                edges.append(Edge(f"... {skipped:,} more links ...", "", ""))
+                skipped = 0
+            if position == count - 1:
                 storage = self.targets.get(self.graph.holders.get(holder, 0), 0)
-                shown = self.info(holder).short(storage)
+                text = self.info(holder).short(storage)
             elif position == 0 and not pseudo and is_a(obj, _PLAIN_AT_ROOT):
-                shown = ""
+                text = ""
             elif is_a(obj, _NOTABLE):
-                shown = frame_text(obj) if type(obj) is types.FrameType else node_text(obj)
+                text = frame_text(obj) if type(obj) is types.FrameType else node_text(obj)
             elif is_a(obj, _FOLDED):
-                shown = ""
+                text = ""
             elif position == 0:
-                shown = qualname(type(obj)) if pseudo else ""
+                text = qualname(type(obj)) if pseudo else ""
             elif label.startswith((".", "[")):
-                shown = ""
+                text = ""
             else:
-                shown = node_text(obj)
-            edges.append(Edge(label, type_name(type(obj)), shown, self.long_lived.get(node, False)))
-        return tuple(edges), nodes
+                text = node_text(obj)
+            where[position] = len(edges)
+            edges.append(Edge(label, type_name(type(obj)), text, self.long_lived.get(node, False)))
+        return tuple(edges), nodes, where
 
     def other_roots(self, node: int, own: str) -> tuple[str, ...]:
         """Names of other roots that also reach ``node`` (at most five)."""

@@ -1,0 +1,90 @@
+"""Settle tells decay from stall: lazy release is waited out, a leak is not waited for."""
+
+from __future__ import annotations
+
+import pytest
+
+from memdiag.backends.fake import FakeBackend
+from memdiag.backends.registry import Selection
+from memdiag.check.settle import SettleOutcome, stall_window
+from memdiag.check.tracker import Tracker
+from memdiag.values.result import CheckResult
+
+MiB = 1024**2
+
+
+def _check(fake: FakeBackend, script: object, **kw: object) -> tuple[CheckResult, Tracker]:
+    tracker = Tracker(
+        device=Selection((fake,), fake.devices()),
+        analyze=False,
+        watch_processes=False,
+        **kw,  # type: ignore[arg-type]
+    ).start()
+    script(fake)  # type: ignore[operator]
+    result = tracker.check()
+    tracker.close()
+    return result, tracker
+
+
+def _outcome(tracker: Tracker) -> SettleOutcome:
+    assert tracker.settle_outcome is not None
+    return tracker.settle_outcome
+
+
+def _leak(fake: FakeBackend) -> None:
+    fake.allocate("cuda:0", 512 * MiB)
+
+
+def _decay(fake: FakeBackend) -> None:
+    """ROCm-style lazy release: 512 MiB come back in 8 steps, one every 0.15 s."""
+    fake.allocate("cuda:0", 512 * MiB)
+    for step in range(1, 9):
+        fake.release_later("cuda:0", 64 * MiB, delay=0.15 * step)
+
+
+def test_a_stalled_reading_ends_the_settle_early() -> None:
+    result, tracker = _check(FakeBackend(["cuda:0"]), _leak, settle=30.0, stall=0.4)
+    outcome = _outcome(tracker)
+    assert result.leaked
+    assert outcome.ended == "stalled"
+    assert 0.4 <= outcome.elapsed_s < 2.0  # not the 30 s settle time
+    assert result.analysis["settle"]["ended"] == "stalled"
+    assert result.analysis["settle"]["elapsed_s"] == outcome.elapsed_s
+    (notice,) = [n for n in result.notices if "stopped moving" in n]
+    assert f"settled {outcome.elapsed_s:.2f} s of up to 30 s" in notice
+
+
+def test_a_decaying_reading_is_waited_out() -> None:
+    """Each step comes well inside the stall window, so the settle keeps waiting
+    until memory is back (1.2 s), far past one stall window (0.4 s)."""
+    result, tracker = _check(FakeBackend(["cuda:0"]), _decay, settle=30.0, stall=0.4)
+    outcome = _outcome(tracker)
+    assert not result.leaked
+    assert outcome.ended == "back"
+    assert 1.15 <= outcome.elapsed_s < 5.0
+    assert result.settle_s == outcome.elapsed_s
+    assert result.analysis["settle"]["ended"] == "back"
+
+
+def test_a_settle_that_runs_out_while_memory_still_falls_says_so() -> None:
+    result, tracker = _check(FakeBackend(["cuda:0"]), _decay, settle=0.5, stall=0.4)
+    outcome = _outcome(tracker)
+    assert result.leaked
+    assert outcome.ended == "timed out"
+    assert 0.5 <= outcome.elapsed_s < 1.0
+    assert any("timed out after" in n for n in result.notices)
+
+
+def test_the_default_stall_window_follows_the_settle_time() -> None:
+    assert stall_window(0.2) == 0.2  # never longer than the settle itself
+    assert stall_window(1.0) == 0.5
+    assert stall_window(8.0) == 2.0
+    assert stall_window(240.0) == 10.0  # vLLM's 240 s wait: a leak answers in 10 s
+
+
+@pytest.mark.parametrize("settle", [1.0, 2.0])
+def test_the_default_window_ends_a_leak_before_the_settle_time(settle: float) -> None:
+    _, tracker = _check(FakeBackend(["cuda:0"]), _leak, settle=settle)
+    outcome = _outcome(tracker)
+    assert outcome.ended == "stalled"
+    assert outcome.elapsed_s < settle
