@@ -82,7 +82,7 @@ def test_the_default_stall_window_follows_the_settle_time() -> None:
     assert stall_window(240.0) == 10.0  # vLLM's 240 s wait: a leak answers in 10 s
 
 
-@pytest.mark.parametrize("settle", [1.0, 2.0])
+@pytest.mark.parametrize("settle", [2.0, 4.0])
 def test_the_default_window_ends_a_leak_before_the_settle_time(settle: float) -> None:
     _, tracker = _check(FakeBackend(["cuda:0"]), _leak, settle=settle)
     outcome = _outcome(tracker)
