@@ -4,8 +4,7 @@ Python gives referents (``gc.get_referents``) but not referrers without a
 whole-heap scan per object (``gc.get_referrers``).  So:
 
 1. **One pass**, chunked: ``gc.get_referents(*chunk)`` for 256 objects at a time.
-   Each chunk's referent list is kept (8 bytes per reference, no new objects): it is
-   the reverse index.  A chunk whose referents meet the *watch set* (ids of tensor
+   A chunk whose referents meet the *watch set* (ids of tensor
    types and of every ancestor found so far) is re-read in sub-chunks of 16 and
    then object by object, recording edges into the set; tensors are found here too,
    since an instance refers to its type.  The pass runs from the end of the heap
@@ -13,16 +12,19 @@ whole-heap scan per object (``gc.get_referrers``).  So:
    (containers filled after creation) or from the young generations, listed first,
    to old ones, so a referrer tends to come before its referent in the list and is
    reached after it.
-2. **Sweeps** over the kept lists, alternating direction, re-check only the part of
+2. **Sweeps**, alternating direction, re-read the referents of only the part of
    the heap passed before a new ancestor was found, until a sweep finds nothing
-   new.  A chain whose creation order zigzags costs one sweep per turn; the usual
+   new (the part is usually a few chunks: the leaked objects and their holders are
+   created together).  A chain whose creation order zigzags costs one sweep per turn; the usual
    ones (modules, dicts, caches) take one or two.
 
 The search stops at roots (module namespaces, classes, ``lru_cache`` wrappers,
 frames of live threads, module objects, the current exception), so it explores
 only the region between the roots and the tensors, not the whole heap that can
 reach ``sys.modules``.  Memory: one pointer per reference plus small sets for that
-region; no per-object Python structure for the heap.
+region; no per-object Python structure for the heap, and no referent lists kept
+beyond the chunk at hand (keeping them as a reverse index cost 40 bytes per heap
+object, more than re-reading the few chunks a sweep needs).
 """
 
 from __future__ import annotations
@@ -82,7 +84,6 @@ class _Search:
         self.members: set[int] = set()  # ancestors whose referrers are wanted
         self.watch: set[int] = set(self.holder_type_ids)
         self.chunk_count = (len(objects) + _CHUNK - 1) // _CHUNK
-        self.kept: list[list[object]] = []
         self.override: dict[int, list[object]] = {}
         # Chunks passed before the latest additions, which a sweep must look at again.
         self.low = self.chunk_count
@@ -103,13 +104,11 @@ class _Search:
         return self.objects[start : start + _CHUNK]
 
     def first_pass(self) -> None:
-        """Backwards over the heap, keeping every chunk's referents."""
+        """Backwards over the heap, chunk by chunk."""
         referents = gc.get_referents
         objects = self.objects
         exclude = self.exclude
         watch = self.watch
-        kept: list[list[object]] = [[]] * self.chunk_count
-        self.kept = kept
         total = 0
         for index in range(self.chunk_count - 1, -1, -1):
             start = index * _CHUNK
@@ -119,16 +118,22 @@ class _Search:
                 chunk = [o for o in chunk if id(o) not in exclude]
                 self.override[index] = chunk
                 refs = referents(*chunk)
-            kept[index] = refs
             total += len(refs)
             if not watch.isdisjoint(map(id, refs)):
                 self.current = index
-                self.rescan(index, watch, backwards=True, first=True)
+                self.rescan(index, watch, backwards=True, first=True, refs=refs)
         self.graph.referents = total
         self.graph.rounds = 1
         self.scan_extra()
 
-    def rescan(self, index: int, check: set[int], backwards: bool, first: bool = False) -> None:
+    def rescan(
+        self,
+        index: int,
+        check: set[int],
+        backwards: bool,
+        first: bool = False,
+        refs: list[object] | None = None,
+    ) -> None:
         """Visit the objects of a chunk whose referents meet ``check``.
 
         Objects visited before a referent of theirs was found in the same chunk are
@@ -137,7 +142,8 @@ class _Search:
         referents = gc.get_referents
         chunk = self.chunk(index)
         starts = range(0, len(chunk), _SUB)
-        refs = self.kept[index] if self.kept else referents(*chunk)
+        if refs is None:
+            refs = referents(*chunk)
         for _ in range(_CHUNK):
             self.graph.rescanned_chunks += 1
             mark = len(self.recent)
@@ -211,11 +217,13 @@ class _Search:
             self.low, self.high = self.chunk_count, -1
             self.live, self.fresh = self.fresh, set()
             live = self.live
-            kept = self.kept
+            referents = gc.get_referents
             for index in span:
-                if not live.isdisjoint(map(id, kept[index])):
+                refs = referents(*self.chunk(index))
+                if not live.isdisjoint(map(id, refs)):
                     self.current = index
-                    self.rescan(index, self.watch, backwards)
+                    self.rescan(index, self.watch, backwards, refs=refs)
+                del refs
             self.current = 0 if backwards else self.chunk_count - 1
             self.scan_extra()
             backwards = not backwards
@@ -248,5 +256,4 @@ def scan_heap(
         search.graph.complete = search.complete
         return search.graph
     finally:
-        search.kept.clear()
         search.override.clear()
