@@ -20,6 +20,7 @@ settle does not end on a stall: its exit is what is being waited for.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -49,7 +50,10 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 
 def stall_window(settle_s: float) -> float:
     """Seconds of unchanged readings that end a settle: a quarter of the settle time,
-    at least 0.5 s (lazy release has plateaus) and at most 10 s."""
+    at least 0.5 s (lazy release has plateaus) and at most 10 s (also when the settle
+    time is not a finite number)."""
+    if not math.isfinite(settle_s):
+        return MAX_STALL
     return min(settle_s, max(MIN_STALL, min(MAX_STALL, settle_s / 4)))
 
 

@@ -80,6 +80,7 @@ def test_the_default_stall_window_follows_the_settle_time() -> None:
     assert stall_window(1.0) == 0.5
     assert stall_window(8.0) == 2.0
     assert stall_window(240.0) == 10.0  # vLLM's 240 s wait: a leak answers in 10 s
+    assert stall_window(float("inf")) == stall_window(float("nan")) == 10.0
 
 
 @pytest.mark.parametrize("settle", [2.0, 4.0])
