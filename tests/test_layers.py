@@ -135,3 +135,24 @@ def test_importing_a_value_type_does_not_import_the_tracker() -> None:
     assert "memdiag.values.findings" in loaded
     for heavy in ("memdiag.check", "memdiag.backends", "memdiag.retainers", "memdiag.heap"):
         assert f"'{heavy}" not in loaded, loaded
+
+
+def _third_party(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_library_knows_no_pytest_and_only_report_and_cli_render() -> None:
+    wrong = []
+    for module, path in _modules().items():
+        used = _third_party(path)
+        if used & {"pytest", "_pytest", "memdiag_pytest"}:
+            wrong.append(f"{module} imports pytest or the plugin")
+        if "rich" in used and _room(module) not in ("report", "cli"):
+            wrong.append(f"{module} renders with rich outside report/ and cli/")
+    assert not wrong, "\n".join(wrong)
