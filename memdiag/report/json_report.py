@@ -30,7 +30,7 @@ class JsonReport:
         self.context = context
 
     def data(self) -> dict[str, Any]:
-        data = self.result.to_json()
+        data = {"report": "run", **self.result.to_json()}
         data["context"] = {"pid": os.getpid(), "argv": list(sys.argv), **self.context}
         return data
 

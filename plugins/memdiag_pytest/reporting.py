@@ -11,13 +11,12 @@ already carries, if any.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pytest
 
 from memdiag.check.peaks import PeakViolation
+from memdiag.report.session import junit_properties, test_entry
 from memdiag.report.summary import held_by, signature
 from memdiag.values.result import CheckResult
 
@@ -46,46 +45,26 @@ def attach_payload(
     properties are already added to ``teardown``'s ``user_properties``.
     """
     leaked = result is not None and result.leaked
-    properties: list[tuple[str, object]] = []
-    if result is not None:
-        top = max(result.leaks, key=lambda f: f.nbytes) if leaked else None
-        payload: dict[str, Any] = {
-            "nodeid": teardown.nodeid,
-            "scope": scope,
-            "unit": unit,
-            "unit_label": "" if scope == "function" else f"({blame})",
-            "checked": True,
-            "leaked": leaked,
-            "bytes": sum(f.nbytes for f in result.leaks),
-            "device": top.device if top else "",
-            "held": f"{top.device}: {held_by(top) or top.kind.title}" if top else "",
-            "summary": failure.message if failure and leaked else result.summary(),
-            "signature": signature(result),
-            "cheap": result.cheap,
-            "overhead_s": overhead_s,
-            "peak_failures": [p.describe() for p in peaks],
-            "result": result.to_json() if (leaked or full_result) else None,
-        }
-        # Plain JSON data: it crosses the xdist and --forked process boundaries.
-        setattr(teardown, PAYLOAD, json.loads(json.dumps(payload, default=str)))
-        properties = [
-            ("memdiag_leaked", "true" if leaked else "false"),
-            ("memdiag_bytes", str(payload["bytes"])),
-            ("memdiag_summary", str(payload["summary"])),
-        ]
-        teardown.user_properties.extend(properties)
-    elif peaks:
-        setattr(
-            teardown,
-            PAYLOAD,
-            {
-                "nodeid": teardown.nodeid,
-                "scope": scope,
-                "checked": False,
-                "peak_failures": [p.describe() for p in peaks],
-                "overhead_s": 0.0,
-            },
-        )
+    top = max(result.leaks, key=lambda f: f.nbytes) if result is not None and leaked else None
+    entry = test_entry(
+        result,
+        nodeid=teardown.nodeid,
+        unit=unit,
+        scope=scope,
+        unit_label="" if scope == "function" else f"({blame})",
+        summary=failure.message if failure and leaked else "",
+        held=f"{top.device}: {held_by(top) or top.kind.title}" if top else "",
+        signature=signature(result) if result is not None else "",
+        peak_failures=[p.describe() for p in peaks],
+        overhead_s=overhead_s,
+        keep_result=full_result,
+    )
+    if result is None and not peaks:
+        return []
+    # Plain JSON data: it crosses the xdist and --forked process boundaries.
+    setattr(teardown, PAYLOAD, entry.to_json())
+    properties: list[tuple[str, object]] = list(junit_properties(entry))
+    teardown.user_properties.extend(properties)
     return properties
 
 

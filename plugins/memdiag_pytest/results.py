@@ -3,13 +3,12 @@
 Runs in the process that reports (not in xdist workers); reads only the plain data
 that checks attach to test reports (``report.memdiag``), so the same code serves a
 plain run, the parent of an isolated test and the controller of ``-n N``.  Imports
-only memdiag's value types (never the tracker, torch or rich).
+only memdiag's value types (never the tracker, torch or rich); the JSON report
+imports :mod:`memdiag.report.session` when it is written.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ PAYLOAD = "memdiag"
 """Report attribute holding a check's JSON-safe summary (survives xdist and --forked)."""
 FAILURE = "memdiag_failure"
 """Report attribute holding a failure's message and long repr, to rebuild the repr."""
-JSON_SCHEMA = "memdiag-pytest/1"
 
 
 class ResultsCollector:
@@ -61,20 +59,10 @@ class ResultsCollector:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.json_path is None:
             return
-        data = {
-            "schema": JSON_SCHEMA,
-            "settings": self.header,
-            "notices": self.notices,
-            "tests": self.entries,
-            "summary": {
-                "checked": sum(1 for e in self.entries if e.get("checked")),
-                "leaked": sum(1 for e in self.entries if e.get("leaked")),
-                "overhead_s": sum(float(e.get("overhead_s", 0.0)) for e in self.entries),
-            },
-        }
-        tmp = self.json_path.with_name(self.json_path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
-        tmp.replace(self.json_path)
+        # Only here, with the report asked for: memdiag (not torch) on the reporting side.
+        from memdiag.report.session import write_session
+
+        write_session(self.json_path, self.entries, settings=self.header, notices=self.notices)
 
     # -- the terminal summary --------------------------------------------------------------
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:

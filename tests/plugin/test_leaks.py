@@ -132,11 +132,15 @@ def _summary_groups_by_signature_and_json_report(result: pytest.RunResult, repor
     assert leak["result"]["findings"][0]["kind"] == "live_tensors"
     phases = [p["name"] for p in tests["test_core.py::test_phases"]["result"]["phases"]]
     assert phases == ["infer"]
-    assert data["summary"] == {
+    assert (data["schema_version"], data["report"]) == (1, "pytest-session")
+    assert data["totals"] == {
         "checked": 6,
         "leaked": 3,
-        "overhead_s": pytest.approx(data["summary"]["overhead_s"]),
+        "known": 0,
+        "over_peak": 0,
+        "overhead_s": pytest.approx(data["totals"]["overhead_s"]),
     }
+    assert data["summary"] == "6 tests checked: 3 leaking (8.0 MiB)"
 
 
 SAME_BUG = """

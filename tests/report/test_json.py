@@ -23,7 +23,8 @@ def _validate(data: dict[str, Any]) -> None:
 
 def test_schema_is_a_valid_draft_2020_12_schema_of_this_version() -> None:
     jsonschema.Draft202012Validator.check_schema(schema())
-    assert schema()["properties"]["schema_version"]["const"] == SCHEMA_VERSION
+    for report in ("run_report", "session_report"):
+        assert schema()["$defs"][report]["properties"]["schema_version"]["const"] == SCHEMA_VERSION
 
 
 def test_schema_lists_every_finding_kind() -> None:
