@@ -13,14 +13,14 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    from memdiag.cli import compare, devices, merge, report, run
+    from memdiag.cli import compare, devices, known, merge, report, run
 
     parser = argparse.ArgumentParser(
         prog="memdiag",
         description="Find GPU memory that does not come back, and say who holds it.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (run, devices, report, merge, compare):
+    for module in (run, devices, report, merge, compare, known):
         command = module.COMMAND
         sub_parser = sub.add_parser(
             command.name,

@@ -8,10 +8,20 @@ from rich.console import Console
 from rich.table import Table
 
 from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, CliError
+from memdiag.cli.report import read_any
 from memdiag.report.json_report import write_json
+from memdiag.report.session import SessionReport, merge_sessions, write_session_report
+from memdiag.report.session_terminal import render_session
 from memdiag.report.terminal import render_terminal
 from memdiag.values.units import format_bytes
-from memdiag.workers.merge import RankRow, ReportError, load_reports, merge_results, rank_rows
+from memdiag.workers.merge import (
+    RankRow,
+    ReportError,
+    find_reports,
+    load_reports,
+    merge_results,
+    rank_rows,
+)
 
 __all__ = ["COMMAND"]
 
@@ -31,15 +41,19 @@ def _rank_table(rows: list[RankRow]) -> Table:
 
 
 class MergeCommand:
-    """Merge per-rank or per-worker JSON reports into one; exit 1 if any of them leaked.
+    """Merge per-rank or per-worker reports, or pytest session reports, into one.
 
     Each PATH is a report or a directory of reports (*.json): `memdiag run --json
     out.json` under torchrun writes out.rank0.json, out.rank1.json...; workers under
     memdiag.agent write memdiag-PID.json.  Prints a table per rank (rank, pid, leaked
     bytes, top finding), then every finding labelled with its rank or worker.
 
-    Exit codes: 0 no rank leaked; 1 a rank leaked; 2 no reports, or a file that is
-    not a memdiag report.
+    Pytest session reports (--gpu-leak-json of CI shards or separate runs) merge into
+    one session report, as if the whole suite had run at once; a test in several
+    reports keeps the last one's entry, with a note.
+
+    Exit codes: 0 nothing leaked; 1 a rank (or a test) leaked; 2 no reports, a file
+    that is not a memdiag report, or session and run reports mixed.
     """
 
     name = "merge"
@@ -50,6 +64,17 @@ class MergeCommand:
         parser.add_argument("-v", "--verbose", action="count", default=0, help="show more detail")
 
     def run(self, args: argparse.Namespace) -> int:
+        paths = [str(p) for p in find_reports(args.paths)]
+        loaded = [(path, read_any(path)) for path in paths]
+        sessions = [(p, r) for p, r in loaded if isinstance(r, SessionReport)]
+        if sessions:
+            if len(sessions) != len(loaded):
+                runs = ", ".join(p for p, r in loaded if not isinstance(r, SessionReport))
+                raise CliError(
+                    f"cannot merge pytest session reports with `memdiag run` reports ({runs}); "
+                    "merge each kind on its own"
+                )
+            return self._sessions(sessions, args)
         try:
             reports = load_reports(args.paths)
         except ReportError as exc:
@@ -80,6 +105,16 @@ class MergeCommand:
             except OSError as exc:
                 raise CliError(f"cannot write --json {args.json}: {exc.strerror}") from None
         return EXIT_LEAK if result.leaked else EXIT_OK
+
+    def _sessions(self, sessions: list[tuple[str, SessionReport]], args: argparse.Namespace) -> int:
+        merged = merge_sessions(sessions)
+        render_session(merged, Console(highlight=False), verbosity=args.verbose)
+        if args.json:
+            try:
+                write_session_report(merged, args.json)
+            except OSError as exc:
+                raise CliError(f"cannot write --json {args.json}: {exc.strerror}") from None
+        return EXIT_LEAK if merged.failed else EXIT_OK
 
 
 COMMAND = MergeCommand()

@@ -12,10 +12,12 @@ from memdiag.values.units import Tolerance, parse_tolerances
 
 __all__ = [
     "add_check_options",
+    "add_markdown_option",
     "add_report_options",
     "check_output_paths",
     "emit_annotations",
     "tolerances_from",
+    "write_markdown",
     "write_reports",
 ]
 
@@ -29,6 +31,36 @@ def add_report_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--junit", metavar="PATH", help="write a JUnit XML report (a test case per device)"
     )
+
+
+def add_markdown_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--markdown",
+        metavar="PATH",
+        help="write a Markdown summary for PR pages (also appended to $GITHUB_STEP_SUMMARY "
+        "when set)",
+    )
+
+
+def write_markdown(text: str, args: argparse.Namespace) -> None:
+    """Write ``--markdown`` if asked; append to ``$GITHUB_STEP_SUMMARY`` when set (a
+    summary that cannot be appended is a warning: the verdict stands)."""
+    from memdiag.report.base import write_report
+    from memdiag.report.markdown import MarkdownReport, append_step_summary
+
+    path = getattr(args, "markdown", None)
+    if path:
+        try:
+            write_report(MarkdownReport(text), path)
+        except OSError as exc:
+            raise CliError(f"cannot write --markdown {path}: {exc.strerror or exc}") from None
+    try:
+        append_step_summary(text)
+    except OSError as exc:
+        print(
+            f"memdiag: warning: cannot append to $GITHUB_STEP_SUMMARY: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
 
 
 def add_check_options(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +116,7 @@ def tolerances_from(values: list[str]) -> dict[str, Tolerance] | None:
 
 def check_output_paths(args: argparse.Namespace) -> None:
     """Fail before the run, not after it, when a report could not be written."""
-    for flag in ("json", "html", "junit"):
+    for flag in ("json", "html", "junit", "markdown"):
         path = getattr(args, flag, None)
         if not path:
             continue

@@ -1,62 +1,146 @@
-"""Re-render a JSON report written by --json on the terminal, as HTML or as JUnit XML."""
+"""Re-render a JSON report: a `memdiag run --json` report on the terminal, as HTML,
+JUnit XML or Markdown; a pytest session report (`--gpu-leak-json`) on the terminal
+or as Markdown."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, CliError
-from memdiag.cli.options import add_report_options, emit_annotations, write_reports
-from memdiag.report.json_report import load_report
+from memdiag.cli.options import (
+    add_markdown_option,
+    add_report_options,
+    emit_annotations,
+    write_markdown,
+    write_reports,
+)
+from memdiag.report.github import in_github_actions, print_annotations, session_annotations
+from memdiag.report.markdown import run_markdown, session_markdown
+from memdiag.report.session import SessionReport, is_session_data
+from memdiag.report.session_terminal import render_session
 from memdiag.report.terminal import render_terminal
 from memdiag.values.result import CheckResult
 
-__all__ = ["COMMAND", "read_report"]
+__all__ = ["COMMAND", "RunReport", "read_any", "read_report"]
 
 
-def read_report(path: str) -> tuple[CheckResult, dict[str, object]]:
-    """Load a JSON report, or raise the usage error (exit 2) that says what is wrong."""
+@dataclass(frozen=True)
+class RunReport:
+    """A `memdiag run` report: the result and who wrote it."""
+
+    result: CheckResult
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def script(self) -> str:
+        script = self.context.get("script")
+        return script if isinstance(script, str) else ""
+
+
+def _read_json(path: str) -> Any:
     try:
-        return load_report(path)
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CliError(f"report not found: {path}") from None
     except IsADirectoryError:
         raise CliError(f"{path} is a directory, not a JSON report") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path} is not a memdiag JSON report: {exc}") from None
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
         raise CliError(f"{path} is not a memdiag JSON report: {exc}") from None
 
 
-class ReportCommand:
-    """Show a JSON report (from `memdiag run --json`) on the terminal; exit 1 if it leaked.
+def read_any(path: str) -> RunReport | SessionReport:
+    """A run or a pytest session report, or the usage error (exit 2) that says why not."""
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise CliError(
+            f"{path} is not a memdiag JSON report: the top level is a JSON "
+            f"{type(data).__name__}, not an object"
+        )
+    try:
+        if is_session_data(data):
+            return SessionReport.from_json(data)
+        context = data.get("context")
+        return RunReport(
+            CheckResult.from_json(data), dict(context) if isinstance(context, dict) else {}
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CliError(f"{path} is not a memdiag JSON report: {exc}") from None
 
-    --html OUT and --junit OUT write the same report in those forms instead of or as
-    well as the terminal one (use -q to skip the terminal).  In GitHub Actions the
-    leaks are also printed as annotations.
+
+def read_report(path: str) -> tuple[CheckResult, dict[str, object]]:
+    """A `memdiag run` report, or the usage error (exit 2) that says what is wrong."""
+    report = read_any(path)
+    if isinstance(report, SessionReport):
+        raise CliError(f"{path} is a pytest session report; this needs a `memdiag run` report")
+    return report.result, report.context
+
+
+class ReportCommand:
+    """Show a JSON report on the terminal; exit 1 if it leaked.
+
+    FILE is a `memdiag run --json` report or a pytest session report
+    (`pytest --gpu-leak-check --gpu-leak-json FILE`, or `memdiag merge --json` of
+    several).  For a session: the leaking tests biggest first, known leaks (reported,
+    not failed), tests over their max_peak budget; -v adds each leak's retainers and
+    the highest peaks; exit 1 if a test leaked or went over its budget.
+
+    --markdown OUT writes a summary for PR pages (also appended to
+    $GITHUB_STEP_SUMMARY when set); --html OUT and --junit OUT write a run report
+    in those forms (use -q to skip the terminal).  In GitHub Actions the leaks are
+    also printed as annotations.
     """
 
     name = "report"
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("file", help="a report written by --json")
+        parser.add_argument("file", help="a report written by --json or --gpu-leak-json")
         add_report_options(parser)
+        add_markdown_option(parser)
         parser.add_argument(
             "-q", "--quiet", action="store_true", help="do not print the terminal report"
         )
         parser.add_argument("-v", "--verbose", action="count", default=0, help="show more detail")
 
     def run(self, args: argparse.Namespace) -> int:
-        result, context = read_report(args.file)
-        script = context.get("script")
-        name = script if isinstance(script, str) else ""
+        report = read_any(args.file)
+        if isinstance(report, SessionReport):
+            return self._session(report, args)
+        name = report.script
         if not args.quiet:
-            render_terminal(result, Console(highlight=False), verbosity=args.verbose)
-        write_reports(result, args, name=name)
-        emit_annotations(result, main_file=name or None, verbosity=args.verbose)
-        return EXIT_LEAK if result.leaked else EXIT_OK
+            render_terminal(report.result, Console(highlight=False), verbosity=args.verbose)
+        write_reports(report.result, args, name=name)
+        write_markdown(run_markdown(report.result, name=name), args)
+        emit_annotations(report.result, main_file=name or None, verbosity=args.verbose)
+        return EXIT_LEAK if report.result.leaked else EXIT_OK
+
+    def _session(self, report: SessionReport, args: argparse.Namespace) -> int:
+        for flag in ("html", "junit"):
+            if getattr(args, flag, None):
+                raise CliError(
+                    f"--{flag} renders `memdiag run` reports; {args.file} is a pytest session "
+                    "report: use pytest's --junitxml (each test carries memdiag_* properties) "
+                    "or --markdown"
+                )
+        if not args.quiet:
+            render_session(report, Console(highlight=False), verbosity=args.verbose)
+        write_markdown(session_markdown(report), args)
+        if in_github_actions():
+            print_annotations(session_annotations(report, verbosity=args.verbose), sys.stdout)
+            sys.stdout.flush()
+        return EXIT_LEAK if report.failed else EXIT_OK
 
 
 COMMAND = ReportCommand()

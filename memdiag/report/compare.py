@@ -32,6 +32,10 @@ class DeviceComparison:
     base_peak: int | None
     head_peak: int | None
     tolerance: int
+    peak_tolerance: int | None = None
+    """Peak growth that is noise (default: ``tolerance``)."""
+    peak_percent: float = 0.0
+    """Peak growth that is noise, in percent of the base peak; the larger applies."""
 
     @staticmethod
     def _change(base: int | None, head: int | None) -> int | None:
@@ -45,6 +49,11 @@ class DeviceComparison:
     def peak_change(self) -> int | None:
         return self._change(self.base_peak, self.head_peak)
 
+    @property
+    def peak_allowance(self) -> int:
+        absolute = self.tolerance if self.peak_tolerance is None else self.peak_tolerance
+        return max(absolute, int(max(self.base_peak or 0, 0) * self.peak_percent / 100))
+
     def reasons(self) -> list[str]:
         """Why the head run is worse on this device, with the numbers; empty if it is not."""
         out = []
@@ -56,11 +65,11 @@ class DeviceComparison:
                 f"tolerance {format_bytes(self.tolerance)})"
             )
         higher = self.peak_change
-        if higher is not None and higher > self.tolerance:
+        if higher is not None and higher > self.peak_allowance:
             out.append(
                 f"{self.device}: head peaks {format_bytes(higher)} higher than base "
                 f"({format_bytes(self.base_peak or 0)} -> {format_bytes(self.head_peak or 0)}, "
-                f"tolerance {format_bytes(self.tolerance)})"
+                f"tolerance {format_bytes(self.peak_allowance)})"
             )
         return out
 
@@ -131,8 +140,17 @@ class Comparison:
         self.render_to(Console(file=file, highlight=False))
 
 
-def compare(base: CheckResult, head: CheckResult, *, tolerance: int) -> Comparison:
-    """Every device of either run; a device only one run saw is shown, never failed."""
+def compare(
+    base: CheckResult,
+    head: CheckResult,
+    *,
+    tolerance: int,
+    peak_tolerance: int | None = None,
+    peak_percent: float = 0.0,
+) -> Comparison:
+    """Every device of either run; a device only one run saw is shown, never failed.
+    A peak is worse beyond ``peak_tolerance`` (default ``tolerance``) and beyond
+    ``peak_percent`` of the base peak."""
     base_devices = [d.device for d in base.devices]
     head_devices = [d.device for d in head.devices]
     order = base_devices + [d for d in head_devices if d not in base_devices]
@@ -150,6 +168,8 @@ def compare(base: CheckResult, head: CheckResult, *, tolerance: int) -> Comparis
                 base_peak=peak_bytes(base, device) if in_base else None,
                 head_peak=peak_bytes(head, device) if in_head else None,
                 tolerance=tolerance,
+                peak_tolerance=peak_tolerance,
+                peak_percent=peak_percent,
             )
         )
     return Comparison(tuple(rows), tolerance, tuple(notes))

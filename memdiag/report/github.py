@@ -4,6 +4,7 @@ that the PR's diff shows the leak where it is made."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,12 +13,21 @@ from typing import TextIO
 
 from memdiag.report.advice import advice_for, advice_for_group
 from memdiag.report.facts import groups_of, kind_label, limit_for, ordered_findings
+from memdiag.report.gate import GateResult
 from memdiag.report.locate import Location, locate_group
+from memdiag.report.session import SessionReport
 from memdiag.values.findings import Finding
 from memdiag.values.result import CheckResult
 from memdiag.values.units import format_bytes
 
-__all__ = ["Annotation", "GithubReport", "annotations_for", "in_github_actions"]
+__all__ = [
+    "Annotation",
+    "GithubReport",
+    "annotations_for",
+    "gate_annotations",
+    "in_github_actions",
+    "session_annotations",
+]
 
 
 def in_github_actions(environ: Mapping[str, str] | None = None) -> bool:
@@ -153,3 +163,59 @@ class GithubReport:
     def render(self, file: TextIO) -> None:
         for item in self.items:
             file.write(item.command() + "\n")
+
+
+def _test_file(nodeid: str) -> str | None:
+    path = nodeid.split("::", 1)[0]
+    return path if path.endswith(".py") else None
+
+
+def session_annotations(report: SessionReport, *, verbosity: int = 0) -> list[Annotation]:
+    """An error per leak of each leaking test, pointing at the allocation site or the
+    retainer when the test's result was kept, else at the test file; one per test over
+    its peak budget."""
+    out: list[Annotation] = []
+    for entry in sorted(report.leaking, key=lambda e: (-e.bytes, e.nodeid)):
+        result = entry.check_result()
+        test_file = _test_file(entry.nodeid)
+        if result is not None:
+            found = annotations_for(result, main_file=test_file, verbosity=verbosity)
+            out.extend(
+                dataclasses.replace(
+                    a, message=f"{entry.unit}: {a.message}", file=a.file or test_file
+                )
+                for a in found
+                if a.level == "error"
+            )
+        else:
+            title = f"memdiag: {format_bytes(entry.bytes)} leaked on {entry.device}"
+            out.append(Annotation("error", title, f"{entry.unit}: {entry.summary}", test_file))
+    for entry in report.over_peak:
+        for text in entry.peak_failures:
+            out.append(
+                Annotation(
+                    "error",
+                    "memdiag: over its max_peak budget",
+                    f"{entry.nodeid}: {text}",
+                    _test_file(entry.nodeid),
+                )
+            )
+    return out
+
+
+def gate_annotations(result: GateResult) -> list[Annotation]:
+    """An error per regression of the per-test gate, on the test's file."""
+    return [
+        Annotation(
+            "error",
+            f"memdiag gate: {line.change.value} in {line.test.rsplit('::', 1)[-1]}",
+            line.describe(),
+            _test_file(line.test),
+        )
+        for line in result.regressions
+    ]
+
+
+def print_annotations(items: list[Annotation], file: TextIO) -> None:
+    for item in items:
+        file.write(item.command() + "\n")

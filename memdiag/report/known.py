@@ -30,9 +30,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from memdiag.findings import Finding
-from memdiag.result import CheckResult
-from memdiag.units import format_bytes, parse_size
+from memdiag.values.findings import Finding
+from memdiag.values.result import CheckResult
+from memdiag.values.units import format_bytes, parse_size
 
 __all__ = [
     "DEFAULT_KNOWN_TOLERANCE",

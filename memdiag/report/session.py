@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from memdiag.report.known import LeakRecord, known_records, leak_records
-from memdiag.result import SCHEMA_VERSION, CheckResult
-from memdiag.units import format_bytes
+from memdiag.values.result import SCHEMA_VERSION, CheckResult
+from memdiag.values.units import format_bytes
 
 __all__ = [
     "SESSION_REPORT",
@@ -38,6 +38,7 @@ __all__ = [
     "merge_sessions",
     "test_entry",
     "write_session",
+    "write_session_report",
 ]
 
 SESSION_REPORT = "pytest-session"
@@ -398,6 +399,12 @@ def write_session(
         notices=tuple(notices),
         context={"pid": os.getpid(), "argv": list(sys.argv), **context},
     )
+    write_session_report(report, path)
+    return report
+
+
+def write_session_report(report: SessionReport, path: str | os.PathLike[str]) -> None:
+    """Write ``report`` as JSON, atomically."""
     target = Path(path)
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     try:
@@ -408,7 +415,6 @@ def write_session(
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
-    return report
 
 
 def merge_sessions(reports: Sequence[tuple[str, SessionReport]]) -> SessionReport:
@@ -439,5 +445,5 @@ def merge_sessions(reports: Sequence[tuple[str, SessionReport]]) -> SessionRepor
         tests=tuple(entry for _, entry in by_key.values()),
         settings=distinct[0] if len(distinct) == 1 else " | ".join(distinct),
         notices=tuple(notices),
-        context={"merged_from": [source for source, _ in reports]},
+        context={"merged": [source for source, _ in reports]},
     )

@@ -44,6 +44,7 @@ from memdiag.check.exclusion import Exclusion
 from memdiag.check.peaks import PeakViolation, peak_violations
 from memdiag.check.series import CheckSeries
 from memdiag.check.tracker import Tracker
+from memdiag.report.known import apply_known
 from memdiag.values.result import CheckResult
 
 from . import describe, reporting
@@ -419,6 +420,8 @@ class LeakCheckManager:
         blame: str,
         unit: bool,
     ) -> None:
+        if result is not None:  # known leaks (--gpu-leak-known) are reported, not failed
+            result = apply_known(result, self.settings.known, test=run.key)
         width = max(60, self.config.get_terminal_writer().fullwidth - 4)
         verbosity = int(self.config.option.verbose)
         failure = describe.build_failure(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import pytest
 
 if TYPE_CHECKING:
+    from memdiag.report.known import KnownLeaks
     from memdiag.values.units import Tolerance
 
 __all__ = [
@@ -110,7 +111,15 @@ OPTIONS = (
         "gpu_leak_json",
         "value",
         "PATH",
-        "write every checked test's result to one JSON file for the session",
+        "write the session report (per test: peak, end and leaked bytes per device, "
+        "leaks by signature) to a JSON file; memdiag report / merge / compare read it",
+    ),
+    _Option(
+        "gpu_leak_known",
+        "value",
+        "FILE",
+        "known-leaks file (write it with `memdiag known update`): leaks it lists are "
+        "reported, not failed, unless they grew beyond their recorded bytes",
     ),
 )
 
@@ -172,6 +181,8 @@ class Settings:
     json_path: Path | None
     isolate: str = "none"
     """``none``, ``fork`` or ``spawn``: where each test runs (``--forked`` means fork)."""
+    known: KnownLeaks | None = None
+    """The known-leaks file's entries (``--gpu-leak-known``), read once at start."""
 
     def describe(self) -> str:
         from memdiag.check.tracker import DEFAULT_TOLERANCE
@@ -179,7 +190,10 @@ class Settings:
 
         tolerance = describe_tolerances(self.tolerance, DEFAULT_TOLERANCE)
         isolated = "" if self.isolate == "none" else f", each test in a {self.isolate}ed process"
-        return f"{self.scope} scope, tolerance {tolerance}, settle {self.settle:g} s{isolated}"
+        known = f", {len(self.known.leaks)} known leak(s)" if self.known is not None else ""
+        return (
+            f"{self.scope} scope, tolerance {tolerance}, settle {self.settle:g} s{isolated}{known}"
+        )
 
 
 def _text(config: pytest.Config, name: str) -> str | None:
@@ -279,6 +293,7 @@ def read_settings(config: pytest.Config) -> Settings:
                 "existing directory"
             )
     isolate = read_isolate(config, scope)
+    known = read_known(config)
     return Settings(
         isolate=isolate,
         device=_text(config, "gpu_leak_device") or "auto",
@@ -287,4 +302,23 @@ def read_settings(config: pytest.Config) -> Settings:
         scope=scope,
         alloc_stacks=alloc_stacks,
         json_path=json_path,
+        known=known,
     )
+
+
+def read_known(config: pytest.Config) -> KnownLeaks | None:
+    """The ``--gpu-leak-known`` file, relative to the invocation directory."""
+    text = _text(config, "gpu_leak_known")
+    if text is None:
+        return None
+    from memdiag.report.known import KnownLeaksError, load_known
+
+    path = Path(text)
+    path = path if path.is_absolute() else config.invocation_params.dir / path
+    try:
+        return load_known(path)
+    except KnownLeaksError as exc:
+        raise pytest.UsageError(
+            f"--gpu-leak-known / gpu_leak_known {text!r}: {exc}; accepted: a file written by "
+            "`memdiag known update`"
+        ) from None

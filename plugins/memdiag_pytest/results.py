@@ -95,6 +95,14 @@ class ResultsCollector:
                     else ""
                 )
             )
+        known = [(e, leak) for e in checked for leak in e.get("leaks") or () if leak.get("known")]
+        if known:
+            size = format_bytes(sum(int(leak.get("bytes", 0)) for _, leak in known))
+            tr.write_line(
+                f"memdiag: {len(known)} known leak(s) ({size}) reported, not failed "
+                f"(--gpu-leak-known): {', '.join(str(e['nodeid']) for e, _ in known[:3])}"
+                + (" ..." if len(known) > 3 else "")
+            )
         groups: dict[str, list[dict[str, Any]]] = {}
         for entry in leaking:
             groups.setdefault(str(entry.get("signature") or entry["nodeid"]), []).append(entry)
