@@ -15,6 +15,7 @@ from rich.console import Console
 from memdiag.backends.registry import UsageError
 from memdiag.check.tracker import Tracker
 from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, EXIT_SCRIPT_FAILED, CliError
+from memdiag.cli.known import read_known
 from memdiag.cli.options import (
     add_check_options,
     check_output_paths,
@@ -24,6 +25,7 @@ from memdiag.cli.options import (
 )
 from memdiag.processes.distributed import RankInfo, rank_info, rank_json_path
 from memdiag.report.json_report import write_json
+from memdiag.report.known import apply_known, script_unit
 from memdiag.report.progress import status
 from memdiag.report.terminal import render_terminal
 from memdiag.workers.runner import ScriptNotFound, run_script
@@ -54,6 +56,12 @@ class RunCommand:
 
     def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
         add_check_options(parser)
+        parser.add_argument(
+            "--known",
+            metavar="FILE",
+            help="known-leaks file (memdiag known update): leaks it lists are reported, not "
+            "failed, unless they grew beyond their recorded bytes",
+        )
         parser.add_argument("script", help="the Python script to run")
         parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
 
@@ -67,6 +75,7 @@ class RunCommand:
                 if getattr(args, option, None):
                     setattr(args, option, str(rank_json_path(getattr(args, option), rank)))
         check_output_paths(args)
+        known = read_known(args.known) if args.known else None
         try:
             tracker = Tracker(
                 device=args.device,
@@ -95,6 +104,7 @@ class RunCommand:
             if script_run is not None:
                 script_run.release()
             tracker.close()
+        result = apply_known(result, known, test=script_unit(args.script))
         if any(
             "__main__." in str(g.get("chain_text", ""))
             for f in result.findings

@@ -18,6 +18,7 @@ import pytest
 
 from memdiag.cli import main
 from memdiag.report.json_report import validate
+from tests.report.runs import TOY, run_memdiag
 
 MiB = 1024**2
 
@@ -311,3 +312,26 @@ def test_mixed_or_bad_reports_are_usage_errors(
         capsys, "compare", str(sessions["base"]), str(sessions["head"]), "--known", str(bad)
     )
     assert code == 2 and "is not a memdiag known-leaks file" in out
+
+
+def test_memdiag_run_with_a_known_leak_passes_until_it_grows(
+    toy_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    known = tmp_path / "known.json"
+    done = run_memdiag("known", "update", str(toy_runs["lru_cache"]), "-o", str(known))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(known.read_text())
+    (entry,) = data["leaks"]
+    assert (entry["test"], entry["roots"]) == (
+        "examples/toy_engine.py",
+        ["lru_cache of __main__.supports_kw"],
+    )
+    args = ["run", "--device", "cpu", "--known", str(known), str(TOY), "--bug", "lru_cache"]
+    done = run_memdiag(*args)
+    assert done.returncode == 0, done.stderr
+    assert "known leak" in done.stderr
+    entry["bytes"], entry["tolerance"] = 1024, 0
+    known.write_text(json.dumps(data))
+    done = run_memdiag(*args)
+    assert done.returncode == 1, done.stderr
+    assert "known leak grew: 10.0 MiB, recorded 1.0 KiB" in done.stderr
