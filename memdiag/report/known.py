@@ -5,8 +5,8 @@ unless it can say "these leaks are known; fail on new ones".  A known-leaks file
 lists leak signatures, each stable across runs and machines:
 
 - ``test``: the pytest node id (or the module / ``session`` unit under wider check
-  scopes), or the script path for ``memdiag run``; globs (``test_x.py::test_a[*]``)
-  match parametrized tests;
+  scopes), or the script path for ``memdiag run``; ``*`` and ``?`` are wildcards
+  (``test_x.py::test_a[*]`` matches every parametrization; brackets are literal);
 - ``kind``: the finding's class (``live_tensors``, ``gc_frozen``, ...);
 - ``device``: the device type (``cuda``, ``cpu``), never the index;
 - ``retainer``: a hash of the retainer groups' signatures (root and chain shape,
@@ -21,12 +21,13 @@ with known leaks taken out; :func:`known_file_data` writes the file from reports
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ KNOWN_FORMAT = 1
 """Value of ``memdiag_known_leaks`` in a known-leaks file."""
 DEFAULT_KNOWN_TOLERANCE = 1024**2
 """Growth of a known leak that is noise unless the file says otherwise."""
-_GLOB = frozenset("*?[")
+_GLOB = frozenset("*?")
 
 
 class KnownLeaksError(ValueError):
@@ -100,6 +101,12 @@ class LeakSignature:
             retainer=str(data.get("retainer") or ""),
             roots=tuple(str(r) for r in data.get("roots") or ()),
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(glob: str) -> re.Pattern[str]:
+    """``*`` and ``?`` are wildcards; brackets are literal (parametrized node ids)."""
+    return re.compile(re.escape(glob).replace(r"\*", ".*").replace(r"\?", "."))
 
 
 def device_type(device: str) -> str:
@@ -215,7 +222,7 @@ class KnownLeak:
             return False
         if _GLOB.isdisjoint(mine.test):
             return mine.test == sig.test
-        return fnmatchcase(sig.test, mine.test)
+        return _pattern(mine.test).fullmatch(sig.test) is not None
 
     def to_json(self) -> dict[str, Any]:
         data = self.signature.to_json()

@@ -36,7 +36,7 @@ __all__ = [
     "is_session_data",
     "junit_properties",
     "merge_sessions",
-    "test_entry",
+    "session_entry",
     "write_session",
     "write_session_report",
 ]
@@ -206,7 +206,7 @@ class TestEntry:
         )
 
 
-def test_entry(
+def session_entry(
     result: CheckResult | None,
     *,
     nodeid: str,

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from memdiag.check.peaks import PeakViolation
-from memdiag.report.session import junit_properties, test_entry
+from memdiag.report.session import junit_properties, session_entry
 from memdiag.report.summary import held_by, signature
 from memdiag.values.result import CheckResult
 
@@ -46,7 +46,7 @@ def attach_payload(
     """
     leaked = result is not None and result.leaked
     top = max(result.leaks, key=lambda f: f.nbytes) if result is not None and leaked else None
-    entry = test_entry(
+    entry = session_entry(
         result,
         nodeid=teardown.nodeid,
         unit=unit,
