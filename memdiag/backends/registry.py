@@ -95,7 +95,7 @@ def select(spec: str = "auto") -> Selection:
     availability = torch_backend.probe()
     if not availability.available:
         if spec == "auto":
-            notices.append(f"no accelerator ({availability.reason}): checking CPU tensors")
+            notices.append(f"no accelerator: {availability.reason}; checking CPU tensors")
             return _only("cpu", notices)
         raise UsageError(f"device {spec!r} cannot be checked: {availability.reason}")
     devices = torch_backend.devices()

@@ -13,7 +13,7 @@ from memdiag.heap.census import Census, StorageRecord
 from memdiag.values.findings import Finding, FindingKind, TensorGroup
 from memdiag.values.readings import DeviceReading, ProcessUsage
 from memdiag.values.result import PhaseRecord
-from memdiag.values.units import format_bytes
+from memdiag.values.units import format_bytes, plural
 
 __all__ = ["Assessment", "DeviceAssessment", "assess", "classify"]
 
@@ -224,7 +224,8 @@ def _tensor_findings(
                 nbytes=live_bytes,
                 is_leak=live_bytes > allow,
                 message=(
-                    f"{format_bytes(live_bytes)} in {len(live)} storages ({tensors} tensors) "
+                    f"{format_bytes(live_bytes)} in {plural(len(live), 'storage')} "
+                    f"({plural(tensors, 'tensor')}) "
                     f"created since baseline are still alive ({counters})"
                 ),
                 advice="drop the references that keep them alive (retainers below) in shutdown",
@@ -240,8 +241,9 @@ def _tensor_findings(
                 nbytes=frozen_bytes,
                 is_leak=frozen_bytes > allow,
                 message=(
-                    f"{format_bytes(frozen_bytes)} in {len(frozen)} storages are held only by "
-                    f"objects frozen with gc.freeze() ({freeze_before} objects frozen at "
+                    f"{format_bytes(frozen_bytes)} in {plural(len(frozen), 'storage')} "
+                    "held only by "
+                    f"objects frozen with gc.freeze() ({plural(freeze_before, 'object')} frozen at "
                     f"baseline, {freeze_now} now); frozen garbage is never collected"
                 ),
                 advice="call gc.unfreeze() in shutdown, paired with the gc.freeze() at start",
@@ -301,7 +303,8 @@ def _driver_findings(a: DeviceAssessment) -> list[Finding]:
                 nbytes=a.other_growth,
                 is_leak=True,
                 message=(
-                    f"{format_bytes(a.other_growth)} is held by {len(procs)} other process(es) "
+                    f"{format_bytes(a.other_growth)} is held by "
+                    f"{plural(len(procs), 'other process', 'other processes')} "
                     f"of this process tree: {names}"
                 ),
                 advice="stop and join worker processes in shutdown",

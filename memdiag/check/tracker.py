@@ -26,7 +26,7 @@ from memdiag.backends.base import BackendUnavailable
 from memdiag.backends.registry import Selection, select
 from memdiag.check.classify import Assessment, assess, classify
 from memdiag.check.settle import SettleOutcome, poll_until_settled, settle_clock
-from memdiag.heap.census import Census, StorageLedger, ledger_deaths, take_census
+from memdiag.heap.census import Census, StorageLedger, ledger_deaths, new_storage_bytes, take_census
 from memdiag.heap.hostmem import HostCounters, grew, host_counters, moved
 from memdiag.processes.distributed import (
     GroupState,
@@ -414,10 +414,11 @@ class Tracker:
         assessment = self._assess(readings)
         freeze_grew = gc.get_freeze_count() > self._baseline_freeze
         pending = self._processes_pending(readings)  # observes the tree: always called
-        if assessment.clean and not freeze_grew and not pending:
+        if assessment.clean and not freeze_grew and not pending and not self._census_grew():
             return self._finish(readings, assessment, None, cheap=True, settle_s=0.0, t0=t0)
         readings, assessment, settle_s, workspace = self._settle(readings, assessment)
-        if assessment.clean and not freeze_grew:  # nothing left for a heap walk to explain
+        # nothing left for a heap walk to explain?
+        if assessment.clean and not freeze_grew and not self._census_grew():
             return self._finish(
                 readings,
                 assessment,
@@ -444,6 +445,23 @@ class Tracker:
             workspace=workspace,
             notices=notices,
         )
+
+    def _census_grew(self) -> bool:
+        """Where a census reads a device (CPU tensors), the verdict counts storages
+        created since baseline and still alive, not net bytes: freeing a tensor that
+        existed at baseline must not hide a new one of the same size."""
+        assert self.selection is not None
+        if self._ledger is None:
+            return False
+        counted = [
+            d
+            for d in self.selection.devices
+            if any(getattr(b, "name", "") == "cpu" for b in self.selection.readers(d))
+        ]
+        if not counted:
+            return False
+        grown = new_storage_bytes(self._ledger, counted)
+        return any(grown.get(d, 0) > self.allowance(d, None) for d in counted)
 
     def _processes_pending(self, readings: Mapping[str, DeviceReading]) -> bool:
         """Observe child processes; True while one started during tracking is alive

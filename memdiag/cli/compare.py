@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rich.console import Console
-
 from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, CliError
 from memdiag.cli.known import read_known
 from memdiag.cli.options import add_markdown_option, write_markdown
 from memdiag.cli.report import RunReport, read_any
 from memdiag.report.compare import compare
+from memdiag.report.console import plain_console
 from memdiag.report.gate import compare_sessions
 from memdiag.report.github import gate_annotations, in_github_actions, print_annotations
 from memdiag.report.known import apply_known, script_unit
@@ -102,7 +101,7 @@ class CompareCommand:
         )
         known = read_known(args.known) if args.known else None
         base, head = read_any(args.base), read_any(args.head)
-        console = Console(highlight=False)
+        console = plain_console()
         if isinstance(base, SessionReport) and isinstance(head, SessionReport):
             gate = compare_sessions(
                 base,

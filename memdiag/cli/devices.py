@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
 from rich.table import Table
 
 from memdiag.backends.base import BackendUnavailable
 from memdiag.backends.registry import probe_all
+from memdiag.report.console import plain_console
 from memdiag.values.units import format_bytes
 
 __all__ = ["COMMAND"]
@@ -27,7 +27,7 @@ class DevicesCommand:
         return None
 
     def run(self, args: argparse.Namespace) -> int:
-        console = Console(highlight=False)
+        console = plain_console()
         backends = Table(title="backends", title_justify="left")
         backends.add_column("backend")
         backends.add_column("status")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
 from rich.table import Table
 
 from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, CliError
 from memdiag.cli.report import read_any
+from memdiag.report.console import plain_console
 from memdiag.report.json_report import write_json
 from memdiag.report.session import SessionReport, merge_sessions, write_session_report
 from memdiag.report.session_terminal import render_session
@@ -83,7 +83,7 @@ class MergeCommand:
             raise CliError(f"no memdiag reports (*.json) found in {', '.join(args.paths)}")
         result = merge_results(reports)
         rows = rank_rows(reports)
-        console = Console(highlight=False)
+        console = plain_console()
         if args.verbose:
             render_terminal(result, console, verbosity=args.verbose - 1)
         else:
@@ -108,7 +108,7 @@ class MergeCommand:
 
     def _sessions(self, sessions: list[tuple[str, SessionReport]], args: argparse.Namespace) -> int:
         merged = merge_sessions(sessions)
-        render_session(merged, Console(highlight=False), verbosity=args.verbose)
+        render_session(merged, plain_console(), verbosity=args.verbose)
         if args.json:
             try:
                 write_session_report(merged, args.json)

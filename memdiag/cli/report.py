@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, CliError
 from memdiag.cli.options import (
     add_markdown_option,
@@ -21,6 +19,7 @@ from memdiag.cli.options import (
     write_markdown,
     write_reports,
 )
+from memdiag.report.console import plain_console
 from memdiag.report.github import in_github_actions, print_annotations, session_annotations
 from memdiag.report.markdown import run_markdown, session_markdown
 from memdiag.report.session import SessionReport, is_session_data
@@ -120,7 +119,7 @@ class ReportCommand:
             return self._session(report, args)
         name = report.script
         if not args.quiet:
-            render_terminal(report.result, Console(highlight=False), verbosity=args.verbose)
+            render_terminal(report.result, plain_console(), verbosity=args.verbose)
         write_reports(report.result, args, name=name)
         write_markdown(run_markdown(report.result, name=name), args)
         emit_annotations(report.result, main_file=name or None, verbosity=args.verbose)
@@ -135,7 +134,7 @@ class ReportCommand:
                     "or --markdown"
                 )
         if not args.quiet:
-            render_session(report, Console(highlight=False), verbosity=args.verbose)
+            render_session(report, plain_console(), verbosity=args.verbose)
         write_markdown(session_markdown(report), args)
         if in_github_actions():
             print_annotations(session_annotations(report, verbosity=args.verbose), sys.stdout)

@@ -24,10 +24,12 @@ from memdiag.cli.options import (
     write_reports,
 )
 from memdiag.processes.distributed import RankInfo, rank_info, rank_json_path
+from memdiag.report.console import plain_console
 from memdiag.report.json_report import write_json
 from memdiag.report.known import apply_known, script_unit
 from memdiag.report.progress import status
 from memdiag.report.terminal import render_terminal
+from memdiag.values.units import plural
 from memdiag.workers.runner import ScriptNotFound, run_script
 
 __all__ = ["COMMAND"]
@@ -89,7 +91,7 @@ class RunCommand:
             tracker.start()
         except UsageError as exc:
             raise CliError(str(exc)) from None
-        console = Console(stderr=True, highlight=False)
+        console = plain_console(stderr=True)
         script_run = None
         try:
             try:
@@ -152,8 +154,9 @@ def _wait_for_other_ranks(json_path: str, rank: RankInfo, console: Console) -> N
     if not missing:
         return
     console.print(
-        f"memdiag: rank {rank.rank} waits up to {RANK_WAIT_S:.0f} s for {len(missing)} other "
-        "rank report(s) before exiting (a launcher stops every rank once one fails)"
+        f"memdiag: rank {rank.rank} waits up to {RANK_WAIT_S:.0f} s for "
+        f"{plural(len(missing), 'other rank report')} before exiting "
+        "(a launcher stops every rank once one fails)"
     )
     deadline = time.monotonic() + RANK_WAIT_S
     while missing and time.monotonic() < deadline:

@@ -36,15 +36,27 @@ __all__ = [
 ]
 
 
-def is_tensor_type(tp: type, tensor: type, _cache: dict[type, bool] = {}) -> bool:  # noqa: B006
-    """``issubclass(tp, tensor)``, cached.  Walks test ``type(obj)``, never
-    ``isinstance``: that would call ``__class__`` on proxies, mocks and lazy modules."""
-    known = _cache.get(tp)
-    if known is None:
-        try:
-            known = _cache[tp] = issubclass(tp, tensor)
-        except TypeError:
-            known = False
+_TYPE_CACHE: dict[int, tuple[weakref.ReferenceType[type], bool]] = {}
+
+
+def is_tensor_type(tp: type, tensor: type) -> bool:
+    """``issubclass(tp, tensor)``, cached by the type's identity.  Walks test
+    ``type(obj)``, never ``isinstance``: that would call ``__class__`` on proxies, mocks
+    and lazy modules.  The cache is keyed by ``id(tp)`` (checked through a weak
+    reference), never by the type itself: a metaclass' ``__eq__``/``__hash__`` is the
+    program's code and is never called."""
+    key = id(tp)
+    cached = _TYPE_CACHE.get(key)
+    if cached is not None and cached[0]() is tp:
+        return cached[1]
+    try:
+        known = bool(type.__subclasscheck__(tensor, tp))
+    except TypeError:
+        known = False
+    try:
+        _TYPE_CACHE[key] = (weakref.ref(tp), known)
+    except TypeError:  # a type without weak reference support: not cached
+        pass
     return known
 
 
@@ -207,34 +219,88 @@ def _frozen_storage_keys(view: HeapView) -> set[int]:
 
 
 def _storage_of(tensor: Any) -> Any:
-    """The tensor's untyped storage, or ``None`` for tensors without real memory."""
+    """The storage that identifies ``tensor``'s memory, or ``None`` without real memory.
+
+    Reads through ``torch._C.TensorBase`` with ``__torch_function__`` disabled, so no
+    code of a tensor subclass runs.  Sparse tensors (COO, CSR, CSC, BSR, BSC) have no
+    storage of their own: their values' storage stands for them, and
+    :func:`_storage_bytes` adds the index storages to its size."""
+    parts = _parts(tensor)
+    return parts[0] if parts else None
+
+
+def _parts(tensor: Any) -> list[Any]:
+    """The storages holding ``tensor``'s bytes, the identifying one first."""
+    torch: Any = sys.modules.get("torch")
+    if torch is None:
+        return []
+    base = torch._C.TensorBase
     try:
-        if tensor.is_meta or tensor.is_sparse:
-            return None
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() == 0 and storage.nbytes() == 0:
-            return None
-        return storage
-    except Exception:  # noqa: BLE001 - FakeTensor, functional wrappers, odd subclasses
-        return None
+        with torch._C.DisableTorchFunctionSubclass():
+            if base.is_meta.__get__(tensor):
+                return []
+            layout = base.layout.__get__(tensor)
+            if layout == torch.sparse_coo:
+                views = [base._values(tensor), base._indices(tensor)]
+            elif layout in (torch.sparse_csr, torch.sparse_bsr):
+                views = [base.values(tensor), base.crow_indices(tensor), base.col_indices(tensor)]
+            elif layout in (torch.sparse_csc, torch.sparse_bsc):
+                views = [base.values(tensor), base.ccol_indices(tensor), base.row_indices(tensor)]
+            else:
+                views = [tensor]
+            storages = []
+            for view in views:
+                storage = base.untyped_storage(view)
+                if storage.data_ptr() == 0 and storage.nbytes() == 0:
+                    continue
+                storages.append(storage)
+            return storages
+    except Exception:  # noqa: BLE001 - FakeTensor, functional and wrapper subclasses
+        return []
+
+
+def _storage_bytes(tensor: Any, storage: Any) -> int:
+    """Bytes of ``storage``, plus the index storages when ``tensor`` is sparse."""
+    torch: Any = sys.modules.get("torch")
+    try:
+        with torch._C.DisableTorchFunctionSubclass():
+            if torch._C.TensorBase.layout.__get__(tensor) == torch.strided:
+                return int(storage.nbytes())
+    except Exception:  # noqa: BLE001
+        return 0
+    return sum(int(s.nbytes()) for s in _parts(tensor))
 
 
 def _device_name(tensor: Any) -> str:
-    device = tensor.device
+    torch: Any = sys.modules.get("torch")
+    with torch._C.DisableTorchFunctionSubclass():
+        device = torch._C.TensorBase.device.__get__(tensor)
     return f"{device.type}:{device.index}" if device.index is not None else str(device.type)
 
 
 def _summary(tensor: Any, storage: Any) -> TensorSummary:
+    torch: Any = sys.modules.get("torch")
+    base = torch._C.TensorBase
     try:
-        shape = tuple(int(d) for d in tensor.shape)
+        with torch._C.DisableTorchFunctionSubclass():
+            shape = tuple(int(d) for d in base.shape.__get__(tensor))
     except Exception:  # noqa: BLE001
         shape = ()
+    try:
+        with torch._C.DisableTorchFunctionSubclass():
+            dtype = str(base.dtype.__get__(tensor)).removeprefix("torch.")
+            layout = str(base.layout.__get__(tensor)).removeprefix("torch.")
+    except Exception:  # noqa: BLE001
+        dtype, layout = "?", "strided"
+    name = type(tensor).__name__
+    if layout != "strided":
+        name = f"{layout} {name}"
     return TensorSummary(
         shape=shape,
-        dtype=str(tensor.dtype).removeprefix("torch."),
+        dtype=dtype,
         device=_device_name(tensor),
-        type_name=type(tensor).__name__,
-        nbytes=int(storage.nbytes()),
+        type_name=name,
+        nbytes=_storage_bytes(tensor, storage),
     )
 
 
@@ -258,7 +324,10 @@ def census_of(
             entry = seen.get(key)
             frozen = id(obj) in view.frozen_ids
             if entry is None:
-                device = _device_name(obj)
+                try:
+                    device = _device_name(obj)
+                except Exception:  # noqa: BLE001 - a tensor whose device cannot be read
+                    continue
                 if wanted is not None and device not in wanted:
                     continue
                 seen[key] = [storage, _summary(obj, storage), 1, frozen]
@@ -295,24 +364,77 @@ def take_census(ledger: StorageLedger | None, devices: Iterable[str] | None = No
     return call_with_full_heap(lambda view: census_of(view, ledger, device_list))
 
 
+_FROZEN_CPU: dict[int, dict[int, int]] = {}
+"""Freeze count -> CPU storages (key -> bytes) of frozen tensors, read in a fork."""
+
+
+def _frozen_cpu_storages(view: HeapView) -> dict[int, int]:
+    tensor = tensor_class()
+    found: dict[int, int] = {}
+    if tensor is None:
+        return found
+    for obj in view.objects:
+        if id(obj) in view.frozen_ids and is_tensor_type(type(obj), tensor):
+            try:
+                if _device_name(obj) != "cpu":
+                    continue
+            except Exception:  # noqa: BLE001
+                continue
+            storage = _storage_of(obj)
+            if storage is not None:
+                found[int(storage._cdata)] = _storage_bytes(obj, storage)
+    return found
+
+
+def frozen_cpu_storages() -> dict[int, int]:
+    """CPU storages of tensors frozen by ``gc.freeze()`` (invisible to
+    ``gc.get_objects()``), read in a forked child once per freeze count: a reading
+    shows the bytes the verdict counts, frozen ones included."""
+    count = gc.get_freeze_count()
+    if not count:
+        return {}
+    cached = _FROZEN_CPU.get(count)
+    if cached is None:
+        try:
+            cached = call_with_full_heap(_frozen_cpu_storages)
+        except Exception:  # noqa: BLE001 - no fork here: the census reports frozen bytes later
+            cached = {}
+        _FROZEN_CPU.clear()
+        _FROZEN_CPU[count] = cached
+    return cached
+
+
 def live_cpu_bytes() -> int:
-    """Bytes of distinct live CPU storages visible to ``gc.get_objects()`` (not frozen)."""
+    """Bytes of distinct live CPU storages, views counted once, frozen ones included."""
     tensor = tensor_class()
     if tensor is None:
         return 0
-    keys: dict[int, int] = {}
+    keys: dict[int, int] = dict(frozen_cpu_storages())
     objects = gc.get_objects()
     try:
         for obj in objects:
             if is_tensor_type(type(obj), tensor):
                 try:
-                    if obj.device.type != "cpu":
+                    if _device_name(obj) != "cpu":
                         continue
                 except Exception:  # noqa: BLE001
                     continue
                 storage = _storage_of(obj)
                 if storage is not None:
-                    keys[storage._cdata] = storage.nbytes()
+                    keys[storage._cdata] = _storage_bytes(obj, storage)
     finally:
         del objects
     return sum(keys.values())
+
+
+def new_storage_bytes(ledger: StorageLedger, devices: Iterable[str]) -> dict[str, int]:
+    """Bytes of storages on ``devices`` created since ``ledger``'s baseline and alive
+    now, per device; one in-process walk (frozen objects are the census' business)."""
+    view = HeapView(objects=gc.get_objects(), frozen_ids=frozenset(), in_child=False)
+    try:
+        grown: dict[str, int] = {}
+        for record in census_of(view, ledger, list(devices)).new:
+            grown[record.device] = grown.get(record.device, 0) + record.nbytes
+        return grown
+    finally:
+        del view

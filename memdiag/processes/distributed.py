@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memdiag.values.findings import Finding, FindingKind
+from memdiag.values.units import plural
 
 __all__ = [
     "GroupState",
@@ -163,13 +164,16 @@ def process_group_findings(baseline: GroupState | None = None) -> list[Finding]:
         return []
     where = f"backend {state.backend}, rank {state.rank} of {state.world_size}"
     if base.initialized:
-        what = f"{len(new)} process group(s) created since baseline ({', '.join(new)}; {where})"
+        what = (
+            f"{plural(len(new), 'process group')} created since baseline "
+            f"({', '.join(new)}; {where})"
+        )
         advice = "call torch.distributed.destroy_process_group(group) for each in shutdown"
     else:
         more = len(state.groups) - 1
         what = "the default process group (" + where + ")"
         if more > 0:
-            what += f" and {more} more process group(s)"
+            what += f" and {plural(more, 'more process group')}"
         advice = "call torch.distributed.destroy_process_group() in shutdown"
     return [
         Finding(

@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from memdiag.report.console import plain_console
 from memdiag.report.facts import leaked_bytes, peak_bytes
 from memdiag.values.result import CheckResult
-from memdiag.values.units import format_bytes
+from memdiag.values.units import format_bytes, plural
 
 __all__ = ["Comparison", "DeviceComparison", "compare"]
 
@@ -125,19 +126,21 @@ class Comparison:
         if self.worse:
             count = sum(1 for d in self.devices if d.reasons())
             console.print(
-                Text(f"FAIL: head is worse than base on {count} device(s)", style="bold red")
+                Text(
+                    f"FAIL: head is worse than base on {plural(count, 'device')}", style="bold red"
+                )
             )
         else:
             console.print(
                 Text(
-                    f"OK: head is not worse than base on {len(self.devices)} device(s) "
+                    f"OK: head is not worse than base on {plural(len(self.devices), 'device')} "
                     f"(tolerance {format_bytes(self.tolerance)})",
                     style="bold green",
                 )
             )
 
     def render(self, file: TextIO) -> None:
-        self.render_to(Console(file=file, highlight=False))
+        self.render_to(plain_console(file))
 
 
 def compare(

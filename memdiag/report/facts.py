@@ -14,6 +14,7 @@ from typing import Any
 from memdiag.values.findings import Finding, FindingKind
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult
+from memdiag.values.units import plural
 
 __all__ = [
     "GroupView",
@@ -134,9 +135,9 @@ class GroupView:
         return self.hops[self.suspect_index].text()
 
     def counts_text(self) -> str:
-        tensors = f"{self.tensor_count} tensor{'s' if self.tensor_count != 1 else ''}"
+        tensors = plural(self.tensor_count, "tensor")
         if self.storage_count and self.storage_count != self.tensor_count:
-            tensors += f", {self.storage_count} storages"
+            tensors += f", {plural(self.storage_count, 'storage')}"
         return tensors
 
 

@@ -22,7 +22,7 @@ from memdiag.report.facts import (
 from memdiag.report.timeline import ALLOCATOR_SERIES, DRIVER_SERIES, timeline_svg
 from memdiag.values.findings import Finding
 from memdiag.values.result import SCHEMA_VERSION, CheckResult
-from memdiag.values.units import format_bytes
+from memdiag.values.units import format_bytes, plural
 
 __all__ = ["HtmlReport"]
 
@@ -223,7 +223,8 @@ class HtmlReport:
             f"<h1>{_e(title)}</h1>"
             f"<div class='verdict {verdict}'>{'LEAK' if result.leaked else 'OK'}: "
             f"{_e(result.summary())}</div>"
-            f"<p class='meta'>{len(result.devices)} device(s), {len(result.phases)} phase(s), "
+            f"<p class='meta'>{plural(len(result.devices), 'device')}, "
+            f"{plural(len(result.phases), 'phase')}, "
             f"final check took {result.elapsed_s:.2f} s; report schema {SCHEMA_VERSION}</p>\n"
         )
         if result.notices:
@@ -233,8 +234,8 @@ class HtmlReport:
             file.write(_device_section(result, check.device) + "\n")
         leaks = sum(1 for f in findings if f.is_leak)
         file.write(
-            f"<h2>Findings <span class='meta'>{leaks} leak(s), {len(findings) - leaks} "
-            "note(s), biggest first</span></h2>\n"
+            f"<h2>Findings <span class='meta'>{plural(leaks, 'leak')}, "
+            f"{plural(len(findings) - leaks, 'note')}, biggest first</span></h2>\n"
         )
         if not findings:
             file.write("<p>No findings: memory came back.</p>\n")

@@ -8,8 +8,7 @@ import io
 import xml.etree.ElementTree as ET
 from typing import TextIO
 
-from rich.console import Console
-
+from memdiag.report.console import plain_console
 from memdiag.report.facts import ordered_findings
 from memdiag.report.terminal import finding_block
 from memdiag.values.findings import Finding
@@ -20,7 +19,7 @@ __all__ = ["JunitReport"]
 
 def _plain(findings: list[Finding], verbosity: int) -> str:
     buffer = io.StringIO()
-    console = Console(file=buffer, width=100, color_system=None, highlight=False)
+    console = plain_console(buffer, width=100, color_system=None)
     for finding in findings:
         console.print(finding_block(finding, verbosity))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from rich.console import Console
+from rich.text import Text
 
 __all__ = ["interactive", "status"]
 
@@ -37,6 +38,8 @@ def status(
     if not interactive(stream, environ):
         yield
         return
-    console = Console(file=sys.stderr if stream is None else stream, highlight=False)
-    with console.status(message):
+    console = Console(
+        file=sys.stderr if stream is None else stream, highlight=False, markup=False, emoji=False
+    )
+    with console.status(Text(message)):
         yield

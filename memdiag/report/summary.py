@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 
-from rich.console import Console
-
+from memdiag.report.console import plain_console
 from memdiag.report.terminal import render_terminal
 from memdiag.values.findings import Finding, FindingKind
 from memdiag.values.result import CheckResult
@@ -68,6 +67,6 @@ def leak_line(result: CheckResult) -> str:
 def render_text(result: CheckResult, *, width: int, verbosity: int) -> str:
     """The terminal report as plain text (no colour), ``width`` columns wide."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=width, color_system=None, highlight=False)
+    console = plain_console(buffer, width=width, color_system=None)
     render_terminal(result, console, verbosity=verbosity)
     return buffer.getvalue()

@@ -15,8 +15,10 @@ from rich.text import Text
 from rich.tree import Tree
 
 from memdiag.report.advice import advice_for
+from memdiag.report.console import plain_console
 from memdiag.report.facts import (
     GroupView,
+    Point,
     device_points,
     groups_of,
     kind_label,
@@ -25,7 +27,7 @@ from memdiag.report.facts import (
     unrooted_groups,
 )
 from memdiag.values.findings import Finding
-from memdiag.values.result import CheckResult
+from memdiag.values.result import CheckResult, DeviceCheck
 from memdiag.values.units import format_bytes
 
 __all__ = ["TerminalReport", "render_terminal"]
@@ -39,34 +41,42 @@ def _more(hidden: int, what: str) -> Text:
     return Text(f"…and {hidden} more {what} (-v shows more)", style="dim")
 
 
-def phase_table(result: CheckResult, device: str) -> Table:
-    """Baseline, each phase's peak (when known) and end, the final check."""
+def has_driver_readings(points: list[Point]) -> bool:
+    """Whether a driver (NVML, amdsmi) read this device: only then is its tolerance shown."""
+    return any(p.driver_used is not None or p.process_used is not None for p in points)
+
+
+def _tolerances(check: DeviceCheck, points: list[Point]) -> str:
+    text = f"tolerance {format_bytes(check.allowance)}"
+    if has_driver_readings(points):
+        text += f", driver {format_bytes(check.driver_allowance)}"
+    return text
+
+
+_COLUMNS = ("allocated", "reserved", "driver used", "this process")
+
+
+def phase_table(result: CheckResult, device: str) -> Group:
+    """Baseline, each phase's peak (when known) and end, the final check; columns no
+    source of this device reads (reserved and driver on CPU) are left out."""
     check = next(d for d in result.devices if d.device == device)
+    points = device_points(result, device)
+    title = Text(f"{device}: memory by phase ({_tolerances(check, points)})", style="bold")
     table = Table(
-        title=(
-            f"{device}: memory by phase (tolerance {format_bytes(check.allowance)}, "
-            f"driver {format_bytes(check.driver_allowance)})"
-        ),
-        title_justify="left",
-        title_style="bold",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
     )
     table.add_column("phase", overflow="fold")
-    for column in ("allocated", "reserved", "driver used", "this process"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for point in device_points(result, device):
+    values = [(p.allocated, p.reserved, p.driver_used, p.process_used) for p in points]
+    shown = [i for i in range(len(_COLUMNS)) if i == 0 or any(v[i] is not None for v in values)]
+    for i in shown:
+        table.add_column(_COLUMNS[i], justify="right", no_wrap=True)
+    for point, row in zip(points, values, strict=True):
         peak = point.kind == "peak"
-        table.add_row(
-            point.label,
-            _b(point.allocated),
-            _b(point.reserved),
-            "" if peak else _b(point.driver_used),
-            "" if peak else _b(point.process_used),
-            style="dim" if peak else None,
-        )
-    return table
+        cells = ["" if peak and i >= 2 else _b(row[i]) for i in shown]
+        table.add_row(Text(point.label), *cells, style="dim" if peak else None)
+    return Group(title, table)
 
 
 def _group_node(tree: Tree, group: GroupView) -> None:
@@ -177,7 +187,7 @@ class TerminalReport:
         console.print(verdict)
 
     def render(self, file: TextIO) -> None:
-        self.render_to(Console(file=file, highlight=False))
+        self.render_to(plain_console(file))
 
 
 def render_terminal(result: CheckResult, console: Console, *, verbosity: int = 0) -> None:

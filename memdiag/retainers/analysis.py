@@ -54,6 +54,8 @@ def _holder_types(torch: Any) -> list[type]:
 
 
 def _storage_key(torch: Any) -> Callable[[object], int | None]:
+    from memdiag.heap.census import _storage_of
+
     storage_type = torch.UntypedStorage
     disable = torch._C.DisableTorchFunctionSubclass
 
@@ -62,7 +64,9 @@ def _storage_key(torch: Any) -> Callable[[object], int | None]:
             with disable():
                 if is_a(obj, storage_type):
                     return int(obj._cdata)
-                return int(obj.untyped_storage()._cdata)
+            # The census' key: sparse tensors are keyed by their values' storage.
+            storage = _storage_of(obj)
+            return None if storage is None else int(storage._cdata)
         except Exception:  # noqa: BLE001 - meta, fake and wrapper tensors have no storage
             return None
 

@@ -424,7 +424,12 @@ def tensor_info(obj: Any) -> TensorInfo:
                 return TensorInfo(kind, str(obj.device), "bytes", "", int(obj.nbytes()))
             shape = "[" + ", ".join(str(int(s)) for s in obj.shape) + "]"
             dtype = str(obj.dtype).removeprefix("torch.")
-            own = int(obj.numel()) * int(obj.element_size())
+            if obj.layout == torch.strided:
+                own = int(obj.numel()) * int(obj.element_size())
+            else:  # sparse: its values and indices, not a dense view
+                from memdiag.heap.census import _storage_bytes, _storage_of
+
+                own = _storage_bytes(obj, _storage_of(obj))
             return TensorInfo(kind, str(obj.device), dtype, shape, own)
     except Exception:  # noqa: BLE001 - fake, meta or broken subclasses
         return TensorInfo(kind, "?", "?", "", 0)

@@ -7,7 +7,7 @@ from typing import Any
 
 from memdiag.values.findings import Finding
 from memdiag.values.readings import DeviceReading
-from memdiag.values.units import format_bytes
+from memdiag.values.units import format_bytes, plural
 
 __all__ = ["SCHEMA_VERSION", "CheckResult", "DeviceCheck", "PhaseRecord"]
 
@@ -116,7 +116,7 @@ class CheckResult:
         top = max(self.leaks, key=lambda f: f.nbytes)
         total = sum(f.nbytes for f in self.leaks)
         # Process groups and CPU workers carry no device bytes: say what leaked instead.
-        amount = f"{format_bytes(total)} leaked" if total else f"{len(self.leaks)} leak(s)"
+        amount = f"{format_bytes(total)} leaked" if total else plural(len(self.leaks), "leak")
         chain = top.retainers[0].get("chain_text") if top.retainers else None
         if chain:
             return (

@@ -13,6 +13,7 @@ __all__ = [
     "parse_size",
     "parse_tolerance",
     "parse_tolerances",
+    "plural",
 ]
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -46,6 +47,11 @@ def format_bytes(n: int | float, *, signed: bool = False) -> str:
             return f"{sign}{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``plural(1, "storage") -> '1 storage'``, ``plural(2, "process", "processes")``."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
 
 
 def parse_size(text: str | int) -> int:

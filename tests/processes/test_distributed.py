@@ -86,7 +86,7 @@ def test_groups_from_before_the_baseline_are_not_this_runs(gloo: object) -> None
     assert process_group_findings(before) == []
     group = dist.new_group([0])
     (finding,) = process_group_findings(before)
-    assert "1 process group(s) created since baseline" in finding.message
+    assert "1 process group created since baseline" in finding.message
     assert "destroy_process_group(group)" in finding.advice
     dist.destroy_process_group(group)
     assert process_group_findings(before) == []

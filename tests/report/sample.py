@@ -245,7 +245,7 @@ def sample_result() -> CheckResult:
             nbytes=256 * MiB,
             is_leak=True,
             message=(
-                "256.0 MiB in 1 storages are held only by objects frozen with gc.freeze() "
+                "256.0 MiB in 1 storage held only by objects frozen with gc.freeze() "
                 "(0 objects frozen at baseline, 175423 now); frozen garbage is never collected"
             ),
             advice="call gc.unfreeze() in shutdown, paired with the gc.freeze() at start",
@@ -280,7 +280,7 @@ def sample_result() -> CheckResult:
             nbytes=600 * MiB,
             is_leak=True,
             message=(
-                "600.0 MiB is held by 1 other process(es) of this process tree: "
+                "600.0 MiB is held by 1 other process of this process tree: "
                 "4242 (python worker.py) 600.0 MiB"
             ),
             advice="stop and join worker processes in shutdown",

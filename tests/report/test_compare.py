@@ -29,7 +29,7 @@ def test_leaky_head_fails_against_a_fixed_base(toy_runs: dict[str, Path]) -> Non
     assert (
         "worse: cpu: head leaks 10.0 MiB more than base (0 B -> 10.0 MiB, tolerance" in done.stdout
     )
-    assert "FAIL: head is worse than base on 1 device(s)" in done.stdout
+    assert "FAIL: head is worse than base on 1 device" in done.stdout
 
 
 def test_fixed_head_passes_against_a_leaky_base(
@@ -37,7 +37,7 @@ def test_fixed_head_passes_against_a_leaky_base(
 ) -> None:
     assert main(["compare", str(toy_runs["lru_cache"]), str(toy_runs["fixed"])]) == 0
     assert main(["compare", str(toy_runs["fixed"]), str(toy_runs["fixed"])]) == 0
-    assert "OK: head is not worse than base on 1 device(s)" in capsys.readouterr().out
+    assert "OK: head is not worse than base on 1 device" in capsys.readouterr().out
 
 
 def test_tolerance_absorbs_small_growth(

@@ -1,0 +1,90 @@
+"""The one way memdiag makes a rich console: no markup, no emoji, no trailing spaces.
+
+Everything memdiag prints can carry text it did not write: exception messages,
+``sys.exit("...")`` text, phase names, type and variable names from the heap, file
+names, a report someone edited by hand.  A console that parses ``[...]`` as markup
+or ``:name:`` as emoji would raise ``MarkupError`` on ``[/]`` or silently eat
+``[rocm]``, so every console memdiag prints through is made here with both off;
+styles come from :class:`rich.text.Text` objects only.  Lines written to a file or
+a pipe lose the padding rich adds to fill the width.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import IO, Any
+
+from rich.console import Console
+
+__all__ = ["TrailingSpaceStripper", "plain_console"]
+
+
+class TrailingSpaceStripper:
+    """A text stream that drops spaces at the end of every line it forwards.
+
+    Only for streams that are not terminals: on a terminal the padding may carry a
+    background colour, and nobody diffs a terminal."""
+
+    def __init__(self, stream: IO[str] | Callable[[], IO[str] | None]) -> None:
+        self._get = stream if callable(stream) and not hasattr(stream, "write") else None
+        self._fixed = None if self._get is not None else stream
+        self._pending = ""
+
+    @property
+    def _stream(self) -> Any:
+        return self._get() if self._get is not None else self._fixed
+
+    def write(self, text: str) -> int:
+        data = self._pending + text
+        lines = data.split("\n")
+        self._pending = lines.pop()
+        stream = self._stream
+        if lines and stream is not None:
+            stream.write("".join(line.rstrip(" ") + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        stream = self._stream
+        if stream is None:
+            return
+        if self._pending.strip(" "):  # spaces only: wait for the rest of the line
+            stream.write(self._pending)
+            self._pending = ""
+        stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _is_tty(stream: IO[str]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def plain_console(file: IO[str] | None = None, *, stderr: bool = False, **options: Any) -> Console:
+    """A :class:`~rich.console.Console` that never interprets text as markup or emoji.
+
+    ``file`` (default stdout, or stderr with ``stderr=True``): when it is not a
+    terminal, trailing spaces are stripped from every line."""
+    options.setdefault("highlight", False)
+    if file is None:
+        current = sys.stderr if stderr else sys.stdout
+        if current is not None and _is_tty(current):
+            return Console(stderr=stderr, markup=False, emoji=False, **options)
+        # Resolved at every write, as rich does: a program may replace sys.stderr.
+        getter = (lambda: sys.stderr) if stderr else (lambda: sys.stdout)
+        return Console(
+            file=TrailingSpaceStripper(getter),  # type: ignore[arg-type]
+            markup=False,
+            emoji=False,
+            **options,
+        )
+    if not _is_tty(file):
+        file = TrailingSpaceStripper(file)  # type: ignore[assignment]
+    return Console(file=file, markup=False, emoji=False, **options)
