@@ -45,6 +45,7 @@ from memdiag.processes.distributed import current_rank, rank_info
 from memdiag.processes.proctree import cmdline as proc_cmdline
 from memdiag.report.json_report import write_json
 from memdiag.values.result import CheckResult
+from memdiag.values.units import parse_seconds
 from memdiag.workers.env import ENV_DEVICE, ENV_DIR, ENV_SETTLE, report_path
 from memdiag.workers.runner import ScriptNotFound, run_script
 
@@ -182,7 +183,7 @@ def install(
         agent = Agent(
             Path(target),
             device=device or os.environ.get(ENV_DEVICE) or "auto",
-            settle=settle if settle is not None else (float(env_settle) if env_settle else None),
+            settle=settle if settle is not None else _env_seconds(env_settle),
             rank=rank,
         ).start()
         _AGENT = agent
@@ -255,6 +256,25 @@ def wrap(
 # -- python -m memdiag.agent ---------------------------------------------------------------
 
 
+def _env_seconds(text: str | None) -> float | None:
+    """``$MEMDIAG_AGENT_SETTLE`` as seconds; a bad value (``nan``, ``inf``) is ignored
+    with a warning on stderr: a worker is never stopped by its parent's typo."""
+    if not text:
+        return None
+    try:
+        return parse_seconds(text, what=f"${ENV_SETTLE}")
+    except ValueError as exc:
+        print(f"memdiag agent: {exc}; using the default", file=sys.stderr)
+        return None
+
+
+def _settle_seconds(text: str) -> float:
+    try:
+        return parse_seconds(text, what="--settle")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m memdiag.agent",
@@ -265,7 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dir", help=f"report directory (default: ${ENV_DIR})")
     parser.add_argument("--device", help=f"device to check (default: ${ENV_DEVICE} or auto)")
-    parser.add_argument("--settle", type=float, help="seconds to let memory come back")
+    parser.add_argument("--settle", type=_settle_seconds, help="seconds to let memory come back")
     parser.add_argument("-m", dest="module", help="run a module, as python -m does")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="script and its arguments")
     return parser

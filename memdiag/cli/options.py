@@ -8,7 +8,7 @@ from pathlib import Path
 
 from memdiag.cli.errors import CliError
 from memdiag.values.result import CheckResult
-from memdiag.values.units import Tolerance, parse_tolerances
+from memdiag.values.units import Tolerance, parse_seconds, parse_tolerances
 
 __all__ = [
     "add_check_options",
@@ -79,7 +79,7 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--settle",
-        type=float,
+        type=settle_seconds,
         default=1.0,
         metavar="SECONDS",
         help="how long to poll for memory to come back before classifying (default 1.0; "
@@ -103,6 +103,14 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
         "(or run under `python -m memdiag.agent`)",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="show more detail")
+
+
+def settle_seconds(text: str) -> float:
+    """argparse type for ``--settle``: finite, 0 or more (a usage error otherwise)."""
+    try:
+        return parse_seconds(text, what="--settle")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def tolerances_from(values: list[str]) -> dict[str, Tolerance] | None:

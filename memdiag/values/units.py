@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 __all__ = [
+    "MAX_SIZE",
     "Tolerance",
     "describe_tolerances",
     "format_bytes",
+    "parse_seconds",
     "parse_size",
     "parse_tolerance",
     "parse_tolerances",
     "plural",
 ]
 
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 _FACTORS = {
     "": 1,
     "b": 1,
@@ -33,6 +37,8 @@ _FACTORS = {
     "tb": 1000**4,
     "tib": 1024**4,
 }
+MAX_SIZE = 2**60
+"""The largest size accepted (1 EiB): any device and any budget is smaller."""
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -49,6 +55,28 @@ def format_bytes(n: int | float, *, signed: bool = False) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def parse_seconds(value: object, *, what: str = "settle") -> float:
+    """A finite, non-negative number of seconds (``nan`` and ``inf`` would poll forever);
+    raises ``ValueError`` saying what is accepted."""
+    try:
+        seconds = float(str(value).strip()) if not isinstance(value, (int, float)) else value
+    except ValueError:
+        seconds = math.nan
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(
+            f"{what} {str(value)[:40]!r} is not a number of seconds; accepted: a finite number "
+            f"from 0 to {MAX_SECONDS:g}, e.g. 1.0 (ROCm: 10)"
+        )
+    if seconds > MAX_SECONDS:
+        raise ValueError(
+            f"{what} {seconds:g} s is more than a day; accepted: 0 to {MAX_SECONDS:g} seconds"
+        )
+    return float(seconds)
+
+
+MAX_SECONDS = 86400.0
+
+
 def plural(count: int, word: str, words: str | None = None) -> str:
     """``plural(1, "storage") -> '1 storage'``, ``plural(2, "process", "processes")``."""
     return f"{count} {word if count == 1 else (words or word + 's')}"
@@ -59,15 +87,30 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise ValueError(f"{text} is not a size; use 0 or more bytes")
+        if text > MAX_SIZE:
+            raise ValueError(f"a size of {len(str(text))} digits is larger than any device")
         return text
     if not isinstance(text, str):
         raise ValueError(f"{text!r} is not a size; use bytes or a string such as 16MiB")
     match = _SIZE_RE.match(text)
     if not match or match.group(2).lower() not in _FACTORS:
+        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]} ({len(text)} characters)"
         raise ValueError(
-            f"{text!r} is not a size; use bytes or a number with a unit such as 16MiB, 1.5GiB"
+            f"{shown!r} is not a size; use bytes or a number with a unit such as 16MiB, 1.5GiB"
         )
-    return int(float(match.group(1)) * _FACTORS[match.group(2).lower()])
+    number = match.group(1)
+    if len(number) > 40:  # Decimal would take it, but no device holds 10**40 bytes
+        raise ValueError(
+            f"a size of {len(number)} digits is larger than any device; the largest accepted "
+            f"is {format_bytes(MAX_SIZE)}"
+        )
+    value = int(Decimal(number) * _FACTORS[match.group(2).lower()])
+    if value > MAX_SIZE:
+        raise ValueError(
+            f"{text.strip()!r} is larger than any device; the largest accepted is "
+            f"{format_bytes(MAX_SIZE)}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -99,8 +142,8 @@ def parse_tolerance(text: str | int) -> Tolerance:
             try:
                 percent = float(part[:-1])
             except ValueError:
-                raise ValueError(f"{part!r} is not a percentage such as 0.5%") from None
-            if not 0 <= percent <= 100:
+                raise ValueError(f"{part[:40]!r} is not a percentage such as 0.5%") from None
+            if not math.isfinite(percent) or not 0 <= percent <= 100:
                 raise ValueError(f"{part!r}: a percentage must lie between 0% and 100%")
         else:
             size = parse_size(part)

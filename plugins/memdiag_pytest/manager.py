@@ -129,6 +129,9 @@ class LeakCheckManager:
             self.isolation.run(item, nextitem, mode)
             return True
         if self.scope == "function" and not self._wanted(item) and not wants_fork(item):
+            # What an unchecked test allocates is not "created since baseline" for
+            # the next checked one: re-read the storages alive before its baseline.
+            self._ledger_stale = True
             return None
         ihook = item.ihook
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)

@@ -62,7 +62,7 @@ def options_from(mark: pytest.Mark | None) -> MarkOptions:
     """Validate a ``gpu_leak_check`` marker's arguments; raises ``ValueError`` saying why."""
     if mark is None:
         return MarkOptions()
-    from memdiag.values.units import parse_size, parse_tolerance
+    from memdiag.values.units import parse_seconds, parse_size, parse_tolerance
 
     args = _bind(mark, gpu_leak_check)
     where = "@pytest.mark.gpu_leak_check"
@@ -75,10 +75,13 @@ def options_from(mark: pytest.Mark | None) -> MarkOptions:
         raise ValueError(
             f"{where}(tolerance={tolerance!r}): {exc}; accepted: bytes, SIZE or PCT%"
         ) from None
-    if settle is not None and (
-        not isinstance(settle, (int, float)) or isinstance(settle, bool) or settle < 0
-    ):
-        raise ValueError(f"{where}(settle={settle!r}): accepted: 0 or more seconds")
+    if settle is not None:
+        if not isinstance(settle, (int, float, str)) or isinstance(settle, bool):
+            raise ValueError(f"{where}(settle={settle!r}): accepted: 0 or more seconds")
+        try:
+            settle = parse_seconds(settle, what="settle")
+        except ValueError as exc:
+            raise ValueError(f"{where}(settle={settle!r}): {exc}") from None
     try:
         parsed_peak = None if max_peak is None else parse_size(max_peak)
     except ValueError as exc:

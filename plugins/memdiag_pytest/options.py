@@ -9,7 +9,6 @@ every value (importing ``memdiag.values.units`` for the byte sizes) and raises
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,16 +214,12 @@ def parse_tolerances(values: list[str], *, where: str) -> dict[str, Tolerance] |
 
 
 def parse_settle(value: object, *, where: str) -> float:
+    from memdiag.units import parse_seconds
+
     try:
-        settle = float(str(value))
-    except ValueError:
-        settle = math.nan
-    if not math.isfinite(settle) or settle < 0:
-        raise pytest.UsageError(
-            f"{where} {value!r} is not a number of seconds; accepted: 0 or more, "
-            "e.g. 1.0 (ROCm: 10)"
-        )
-    return settle
+        return parse_seconds(value, what=where)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def read_isolate(config: pytest.Config, scope: str) -> str:

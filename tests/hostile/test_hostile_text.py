@@ -11,10 +11,10 @@ import io
 from pathlib import Path
 
 import pytest
-from memdiag.values.units import plural
 
 from memdiag.cli import main
 from memdiag.report.console import plain_console
+from memdiag.values.units import plural
 
 MARKUP = "[/] [bold]x[/bold] [red] :smile: [link=http://x]y"
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import torch
-from memdiag.heap.census import StorageLedger, take_census
 
 import memdiag
 from memdiag.cli import main
+from memdiag.heap.census import StorageLedger, take_census
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
