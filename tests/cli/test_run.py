@@ -100,7 +100,7 @@ def test_syntax_error_is_a_script_failure(
     ("args", "message"),
     [
         (["--tolerance", "lots"], "--tolerance 'lots'"),
-        (["--settle", "-1"], "--settle must be 0 or more"),
+        (["--settle", "-1"], "--settle '-1' is not a number of seconds"),
         (["--device", "cuda:7"], "cannot be checked"),
     ],
 )
