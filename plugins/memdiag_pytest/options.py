@@ -214,7 +214,7 @@ def parse_tolerances(values: list[str], *, where: str) -> dict[str, Tolerance] |
 
 
 def parse_settle(value: object, *, where: str) -> float:
-    from memdiag.units import parse_seconds
+    from memdiag.values.units import parse_seconds
 
     try:
         return parse_seconds(value, what=where)
