@@ -26,6 +26,7 @@ from memdiag.backends.base import BackendUnavailable
 from memdiag.backends.registry import Selection, select
 from memdiag.check.classify import Assessment, assess, classify
 from memdiag.check.settle import SettleOutcome, poll_until_settled, settle_clock
+from memdiag.check.signals import deferred_signals
 from memdiag.heap.census import Census, StorageLedger, ledger_deaths, new_storage_bytes, take_census
 from memdiag.heap.hostmem import HostCounters, grew, host_counters, moved
 from memdiag.processes.distributed import (
@@ -38,7 +39,7 @@ from memdiag.processes.watch import ProcessWatch, without_covered_processes
 from memdiag.retainers.attach import attach_retainers
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
-from memdiag.values.units import Tolerance
+from memdiag.values.units import Tolerance, parse_seconds
 from memdiag.workers.merge import WorkerReportDir
 
 __all__ = ["Tracker", "active_tracker", "phase", "track"]
@@ -55,6 +56,12 @@ _LEDGER_DRIFT = 256 * 1024
 """A shared ledger is refreshed once the host counters moved this much since its last
 refresh (less when the tolerance is small): new storages it does not know are counted
 as baseline memory by a gated check, so they are kept under this bound."""
+
+_monotonic = time.monotonic
+_perf_counter = time.perf_counter
+_sleep = time.sleep
+"""Captured at import: a program that replaces ``time.monotonic`` or ``time.sleep``
+(a fake clock in its tests) must not make the settle loop spin forever."""
 
 _ACTIVE: list[Tracker] = []
 _ACTIVE_LOCK = threading.Lock()
@@ -145,8 +152,7 @@ class Tracker:
         gate: bool | None = None,
         name: str = "",
     ) -> None:
-        if settle < 0:
-            raise ValueError(f"settle must be 0 or more seconds, not {settle}")
+        settle = parse_seconds(settle)  # nan and inf would poll forever
         self._device_spec = device
         self._tolerance = tolerance
         self._driver_tolerance = driver_tolerance or DEFAULT_DRIVER_TOLERANCE
@@ -171,6 +177,7 @@ class Tracker:
         self.gate_reason: str | None = None
         """Why the last gated CPU reading had to walk the heap (``None``: it did not)."""
         self._started = False
+        self._start_notices: list[str] = []
         self._tree_pids: frozenset[int] = frozenset()
         self.result: CheckResult | None = None
         self._procs = ProcessWatch() if watch_processes else None
@@ -201,7 +208,8 @@ class Tracker:
         if self.record_alloc_stacks:
             from memdiag.heap.alloc_stacks import start_recording
 
-            start_recording(self.selection.devices)
+            self._start_notices.extend(start_recording(self.selection.devices))
+        self._start_notices.extend(self._tolerance_notices())
         self._baseline_freeze = gc.get_freeze_count()
         for device in self.selection.devices:
             for backend in self.selection.readers(device):
@@ -298,7 +306,7 @@ class Tracker:
                 except BackendUnavailable:
                     continue
                 merged = reading if merged is None else merged.merged(reading)
-            readings[device] = merged or DeviceReading(device=device, time=time.monotonic())
+            readings[device] = merged or DeviceReading(device=device, time=_monotonic())
         return readings
 
     def gate_slack(self) -> int:
@@ -351,13 +359,15 @@ class Tracker:
 
     def phase(self, name: str) -> _PhaseHandle:
         """End the open phase (if any) and start ``name``."""
+        name = _phase_name(name)
         if self._open is not None:
             self.end_phase(self._open.name)
-        self._open = _OpenPhase(name, time.monotonic())
+        self._open = _OpenPhase(name, _monotonic())
         return _PhaseHandle(self, name)
 
     def end_phase(self, name: str | None = None) -> PhaseRecord | None:
         """Record the open phase's end reading and peaks; reset the peak counters."""
+        name = None if name is None else _phase_name(name)
         if self._open is None or (name is not None and self._open.name != name):
             return None
         readings = self.read()
@@ -366,7 +376,7 @@ class Tracker:
         record = PhaseRecord(
             name=self._open.name,
             started=self._open.started,
-            ended=time.monotonic(),
+            ended=_monotonic(),
             readings=tuple(readings.values()),
         )
         self.phases.append(record)
@@ -385,6 +395,20 @@ class Tracker:
         else:
             chosen = tolerance or DEFAULT_TOLERANCE
         return chosen.allowance(total)
+
+    def _tolerance_notices(self) -> list[str]:
+        """A per-device tolerance for a device this tracker does not check applies to
+        nothing: say so rather than ignore it silently."""
+        assert self.selection is not None
+        if not isinstance(self._tolerance, Mapping):
+            return []
+        devices = self.selection.devices
+        unused = [d for d in self._tolerance if d != "*" and d not in devices]
+        return [
+            f"tolerance {d}={self._tolerance[d]} applies to no checked device "
+            f"(checked: {', '.join(devices) or 'none'})"
+            for d in unused
+        ]
 
     def _assess(self, readings: Mapping[str, DeviceReading]) -> Assessment:
         return assess(
@@ -405,9 +429,17 @@ class Tracker:
         return self._tree_pids | _tree_pids()
 
     def check(self) -> CheckResult:
-        """The final check: cheap path first, then settle, then classify."""
+        """The final check: cheap path first, then settle, then classify.
+
+        Signals the program handles in Python (SIGALRM, SIGTERM, ...) that arrive
+        meanwhile are held and delivered to its handlers once the check is done, so a
+        handler that raises cannot interrupt ``gc.collect()`` or the heap walk."""
+        with deferred_signals():
+            return self._check()
+
+    def _check(self) -> CheckResult:
         assert self.selection is not None, "start() the tracker first"
-        t0 = time.perf_counter()
+        t0 = _perf_counter()
         if self._open is not None:
             self.end_phase()
         readings = self._read(gated=True)
@@ -527,7 +559,7 @@ class Tracker:
             freeze_before=self._baseline_freeze,
             freeze_now=gc.get_freeze_count(),
         )
-        all_notices = list(self.selection.notices) + list(notices or [])
+        all_notices = list(self.selection.notices) + self._start_notices + list(notices or [])
         analysis: dict[str, Any] = {}
         if census is not None and self.analyze and any(f.storages and f.is_leak for f in findings):
             findings, analysis, extra = attach_retainers(
@@ -567,12 +599,22 @@ class Tracker:
             findings=tuple(findings),
             cheap=cheap,
             settle_s=settle_s,
-            elapsed_s=time.perf_counter() - t0,
+            elapsed_s=_perf_counter() - t0,
             notices=tuple(all_notices),
             analysis=analysis,
         )
         self.result = result
         return result
+
+
+def _phase_name(name: object) -> str:
+    """Phase names are text in every report: ``phase(3)`` is phase ``"3"``."""
+    if isinstance(name, str):
+        return name
+    try:
+        return str(name)
+    except Exception:  # noqa: BLE001 - a name whose __str__ raises
+        return f"<{type(name).__name__} object>"
 
 
 def _safe(fn: Any, *args: Any) -> None:

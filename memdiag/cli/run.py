@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import gc
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from memdiag.backends.registry import UsageError
+from memdiag.check.signals import deferred_signals
 from memdiag.check.tracker import Tracker
 from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, EXIT_SCRIPT_FAILED, CliError
 from memdiag.cli.known import read_known
@@ -99,9 +101,17 @@ class RunCommand:
             except ScriptNotFound as exc:
                 raise CliError(str(exc)) from None
             sys.stdout.flush()
-            gc.collect()
-            with status(f"memdiag: checking device memory (settle up to {args.settle:g} s)"):
-                result = tracker.check()
+            # The script has ended: a signal its handlers would raise on (an alarm it
+            # set) must not interrupt the check; it is held and reported, not delivered.
+            with deferred_signals(redeliver=False) as held:
+                gc.collect()
+                with status(f"memdiag: checking device memory (settle up to {args.settle:g} s)"):
+                    result = tracker.check()
+            for signum in held:
+                console.print(
+                    f"memdiag: {signal.Signals(signum).name} arrived after the script ended, "
+                    "during the check; the script's handler was not run"
+                )
         finally:
             if script_run is not None:
                 script_run.release()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
+_monotonic = time.monotonic  # captured: a program's fake clock must not stop the timeout
 
 __all__ = ["HeapError", "HeapView", "call_with_full_heap", "freeze_count"]
 
@@ -112,10 +113,10 @@ def _call_in_fork(fn: Callable[[HeapView], T], timeout: float) -> T:
             os._exit(status)
     os.close(write_fd)
     chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
+    deadline = _monotonic() + timeout
     try:
         while True:
-            left = deadline - time.monotonic()
+            left = deadline - _monotonic()
             if left <= 0:
                 os.kill(pid, 9)
                 raise HeapError(f"the heap walk in a forked child took over {timeout:.0f} s")
@@ -128,7 +129,10 @@ def _call_in_fork(fn: Callable[[HeapView], T], timeout: float) -> T:
             chunks.append(chunk)
     finally:
         os.close(read_fd)
-        os.waitpid(pid, 0)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # SIGCHLD set to SIG_IGN: the kernel reaped it already
+            pass
     if not chunks:
         raise HeapError("the forked heap-walk child exited without a result")
     kind, value = pickle.loads(b"".join(chunks))

@@ -20,7 +20,8 @@ def write_report(renderer: Renderer, path: str | Path) -> Path:
     target = Path(path)
     tmp = target.with_name(target.name + ".tmp")
     try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as file:
+        # Lone surrogates (non-UTF-8 file names, phase names) are written escaped.
+        with tmp.open("w", encoding="utf-8", errors="backslashreplace", newline="\n") as file:
             renderer.render(file)
         tmp.replace(target)
     finally:

@@ -11,13 +11,36 @@ a pipe lose the padding rich adds to fill the width.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from typing import IO, Any
 
 from rich.console import Console
 
-__all__ = ["TrailingSpaceStripper", "plain_console"]
+__all__ = ["TrailingSpaceStripper", "encodable", "plain_console"]
+
+_UNSAFE_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def encodable(text: str, encoding: str | None = "utf-8") -> str:
+    """``text`` with what ``encoding`` cannot hold (lone surrogates from non-UTF-8
+    file names, characters outside an ASCII locale) written as backslash escapes."""
+    codec = encoding or "utf-8"
+    try:
+        text.encode(codec)
+        return text
+    except (UnicodeEncodeError, LookupError):
+        try:
+            return text.encode(codec, "backslashreplace").decode(codec)
+        except LookupError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def xml_text(text: str) -> str:
+    """``text`` without what XML 1.0 forbids (control characters, lone surrogates):
+    each is written as ``\\xNN`` / ``\\uNNNN`` instead."""
+    return _UNSAFE_XML.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class TrailingSpaceStripper:
@@ -41,7 +64,8 @@ class TrailingSpaceStripper:
         self._pending = lines.pop()
         stream = self._stream
         if lines and stream is not None:
-            stream.write("".join(line.rstrip(" ") + "\n" for line in lines))
+            out = "".join(line.rstrip(" ") + "\n" for line in lines)
+            stream.write(encodable(out, getattr(stream, "encoding", None)))
         return len(text)
 
     def flush(self) -> None:
@@ -49,7 +73,7 @@ class TrailingSpaceStripper:
         if stream is None:
             return
         if self._pending.strip(" "):  # spaces only: wait for the rest of the line
-            stream.write(self._pending)
+            stream.write(encodable(self._pending, getattr(stream, "encoding", None)))
             self._pending = ""
         stream.flush()
 

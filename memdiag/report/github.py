@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from memdiag.report.advice import advice_for, advice_for_group
+from memdiag.report.console import encodable
 from memdiag.report.facts import groups_of, kind_label, limit_for, ordered_findings
 from memdiag.report.gate import GateResult
 from memdiag.report.locate import Location, locate_group
@@ -161,8 +162,9 @@ class GithubReport:
         )
 
     def render(self, file: TextIO) -> None:
+        encoding = getattr(file, "encoding", None)
         for item in self.items:
-            file.write(item.command() + "\n")
+            file.write(encodable(item.command(), encoding) + "\n")
 
 
 def _test_file(nodeid: str) -> str | None:

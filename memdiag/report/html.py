@@ -213,7 +213,7 @@ class HtmlReport:
         verdict = "leak" if result.leaked else "ok"
         embedded = json.dumps(
             {**result.to_json(), "context": self.context}, sort_keys=True, default=str
-        ).replace("</", "<\\/")
+        ).replace("<", "\\u003c")  # no "</script>" or "<!--" can end or bend the block
         findings = ordered_findings(result)
         unrooted = unrooted_groups(result)
         file.write(

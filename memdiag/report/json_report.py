@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from memdiag.report.base import write_report
 from memdiag.values.result import CheckResult
+from memdiag.values.validate import read_report_data, result_from_data
 
 __all__ = ["JsonReport", "load_json", "load_report", "schema", "validate", "write_json"]
 
@@ -44,13 +45,12 @@ def write_json(result: CheckResult, path: str | Path, **context: Any) -> None:
 
 
 def load_report(path: str | Path) -> tuple[CheckResult, dict[str, Any]]:
-    """The result and its ``context``.  Raises ``OSError``, ``ValueError`` (bad JSON or
-    an unsupported ``schema_version``), ``KeyError`` or ``TypeError`` (malformed)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"the top level is a JSON {type(data).__name__}, not an object")
+    """The result and its ``context``.  Raises ``OSError`` (missing, unreadable) or
+    :class:`~memdiag.values.validate.ReportFormatError` (a ``ValueError`` naming the
+    file and the field that is wrong: bad JSON, wrong types, unsupported version)."""
+    data = read_report_data(path)
     context = data.get("context")
-    return CheckResult.from_json(data), dict(context) if isinstance(context, dict) else {}
+    return result_from_data(data, path), dict(context) if isinstance(context, dict) else {}
 
 
 def load_json(path: str | Path) -> CheckResult:

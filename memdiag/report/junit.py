@@ -8,7 +8,7 @@ import io
 import xml.etree.ElementTree as ET
 from typing import TextIO
 
-from memdiag.report.console import plain_console
+from memdiag.report.console import plain_console, xml_text
 from memdiag.report.facts import ordered_findings
 from memdiag.report.terminal import finding_block
 from memdiag.values.findings import Finding
@@ -82,6 +82,10 @@ class JunitReport:
                 failure.text = _plain(leaks, self.verbosity)
             if notes:
                 ET.SubElement(case, "system-out").text = _plain(notes, self.verbosity)
+        for element in root.iter():  # user text may hold what XML 1.0 forbids
+            element.text = None if element.text is None else xml_text(element.text)
+            for key, value in element.attrib.items():
+                element.attrib[key] = xml_text(value)
         ET.indent(root)
         return ET.ElementTree(root)
 

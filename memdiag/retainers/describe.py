@@ -166,7 +166,13 @@ def frame_locals(frame: types.FrameType) -> list[tuple[Any, Any]]:
     if not is_a(local_vars, dict):
         return []
     items = dict_items(local_vars)
-    if frame.f_code.co_flags & _OPTIMIZED and sys.version_info < (3, 13):
+    if (
+        frame.f_code.co_flags & _OPTIMIZED
+        and sys.version_info < (3, 13)
+        # Held by the frame, ``local_vars`` and getrefcount's argument only: a dict the
+        # program kept from ``locals()`` has more owners and is never cleared.
+        and sys.getrefcount(local_vars) <= 3
+    ):
         dict.clear(local_vars)
     return items
 

@@ -28,6 +28,7 @@ from memdiag.processes.watch import short_cmdline
 from memdiag.values.findings import Finding
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
+from memdiag.values.validate import ReportFormatError, read_report_data, result_from_data
 from memdiag.workers.env import ENV_DIR
 
 __all__ = [
@@ -91,17 +92,16 @@ def load_report(path: str | os.PathLike[str]) -> WorkerReport:
     """Read one report written by the agent or by ``--json``; :class:`ReportError` if not."""
     source = Path(path)
     try:
-        data = json.loads(source.read_text(encoding="utf-8"))
+        data = read_report_data(source)
+        result = result_from_data(data, source)
     except FileNotFoundError:
         raise ReportError(f"report not found: {source}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{source} is not a memdiag JSON report: {exc}") from None
-    if not isinstance(data, dict):
-        raise ReportError(f"{source} is not a memdiag JSON report: not a JSON object")
-    try:
-        result = CheckResult.from_json(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ReportError(f"{source} is not a memdiag JSON report: {exc}") from None
+    except IsADirectoryError:
+        raise ReportError(f"{source} is a directory, not a JSON report") from None
+    except OSError as exc:
+        raise ReportError(f"cannot read {source}: {exc.strerror or exc}") from None
+    except ReportFormatError as exc:
+        raise ReportError(str(exc)) from None
     context = data.get("context") or {}
     if not isinstance(context, dict):
         context = {}

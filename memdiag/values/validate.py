@@ -1,0 +1,179 @@
+"""Reading a JSON report that may have been edited by hand, truncated or mangled.
+
+:func:`read_report_data` parses the file and checks it against the shipped JSON
+Schema (``schema.json``) with a small built-in validator (no jsonschema needed at
+run time), then :func:`result_from_data` builds the :class:`CheckResult`.  Every
+problem is a :class:`ReportFormatError` naming the file and the field, e.g.
+``out.json: devices[0].final.allocated must be an integer or null, not the string
+'lots'``: the CLI prints it and exits 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from memdiag.values.result import CheckResult
+
+__all__ = ["ReportFormatError", "check_report", "read_report_data", "result_from_data"]
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+}
+_ARTICLE = {"object": "an object", "array": "an array", "integer": "an integer"}
+
+
+_LARGEST = 2**63
+"""No byte count, pid or duration in a report is larger."""
+
+
+class ReportFormatError(ValueError):
+    """A file that is not a readable memdiag JSON report; the message says why."""
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    # The schema ships with the JSON report; read as data (no import of the report layer).
+    text = (Path(__file__).resolve().parents[1] / "report" / "schema.json").read_text(
+        encoding="utf-8"
+    )
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"[:60]
+    if isinstance(value, str):
+        shown = value if len(value) <= 30 else value[:27] + "..."
+        return f"the string {shown!r}"
+    if isinstance(value, list):
+        return f"an array of {len(value)}"
+    return "an object"
+
+
+def _type_ok(value: Any, name: str) -> bool:
+    if name == "null":
+        return value is None
+    if isinstance(value, bool) and name in ("integer", "number"):
+        return False
+    if name == "number" and isinstance(value, float) and value != value:  # NaN
+        return False
+    return isinstance(value, _TYPES.get(name, ()))
+
+
+def _path(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else key
+
+
+def _check(value: Any, schema: dict[str, Any], where: str) -> None:
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        schema = {
+            **_schema()["$defs"][ref.removeprefix("#/$defs/")],
+            **{k: v for k, v in schema.items() if k != "$ref"},
+        }
+    field = where or "the report"
+    types = schema.get("type")
+    if types is not None:
+        names = [types] if isinstance(types, str) else list(types)
+        if not any(_type_ok(value, n) for n in names):
+            wanted = " or ".join(
+                _ARTICLE.get(n, f"a {n}") if n != "null" else "null" for n in names
+            )
+            raise ReportFormatError(f"{field} must be {wanted}, not {_describe(value)}")
+    if "const" in schema and value != schema["const"]:
+        raise ReportFormatError(f"{field} must be {schema['const']!r}, not {_describe(value)}")
+    if "enum" in schema and value not in schema["enum"]:
+        choices = ", ".join(map(str, schema["enum"]))
+        raise ReportFormatError(f"{field} must be one of {choices}; not {_describe(value)}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _LARGEST:
+        raise ReportFormatError(f"{field} is out of range ({len(str(value))} digits)")
+    if "minimum" in schema and _type_ok(value, "number") and value < schema["minimum"]:
+        raise ReportFormatError(f"{field} must be {schema['minimum']} or more, not {value!r}")
+    if isinstance(value, dict):
+        properties: dict[str, Any] = schema.get("properties", {})
+        for key in schema.get("required", ()):
+            if key not in value:
+                raise ReportFormatError(f"{_path(where, key)} is missing")
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in properties:
+                _check(item, properties[key], _path(where, key))
+            elif extra is False:
+                raise ReportFormatError(f"{field} has an unknown field {str(key)[:40]!r}")
+            elif isinstance(extra, dict):
+                _check(item, extra, _path(where, key))
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            _check(item, schema["items"], _path(where, index))
+
+
+def check_report(data: Any) -> None:
+    """Raise :class:`ReportFormatError` naming the first field that does not match the
+    report's schema (types, required fields, enums, ``schema_version``)."""
+    if not isinstance(data, dict):
+        raise ReportFormatError(f"the top level must be an object, not {_describe(data)}")
+    version = data.get("schema_version")
+    expected = _schema()["properties"]["schema_version"].get("const", 1)
+    if version != expected:
+        raise ReportFormatError(
+            f"schema_version {version!r} is not supported (this memdiag reads {expected})"
+        )
+    try:
+        _check(data, _schema(), "")
+    except RecursionError:
+        raise ReportFormatError("the report is nested deeper than any memdiag report") from None
+
+
+def read_report_data(path: str | Path) -> dict[str, Any]:
+    """The file's JSON, checked; :class:`ReportFormatError` (with the file name) if it is
+    not a memdiag report.  ``OSError`` (missing, unreadable) passes through."""
+    source = Path(path)
+    raw = source.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReportFormatError(
+            f"{source}: not UTF-8 text (byte {exc.start}); not a memdiag JSON report"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportFormatError(f"{source}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise ReportFormatError(f"{source}: not a memdiag report ({exc})") from None
+    except RecursionError:
+        raise ReportFormatError(
+            f"{source}: JSON nested too deeply to be a memdiag report"
+        ) from None
+    try:
+        check_report(data)
+    except ReportFormatError as exc:
+        raise ReportFormatError(f"{source}: {exc}") from None
+    assert isinstance(data, dict)
+    return data
+
+
+def result_from_data(data: dict[str, Any], source: str | Path = "the report") -> CheckResult:
+    """Build the result from checked data; anything the schema could not rule out
+    (a value out of range for its field) is a :class:`ReportFormatError` too."""
+    try:
+        return CheckResult.from_json(data)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise ReportFormatError(
+            f"{source}: not a memdiag report ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
