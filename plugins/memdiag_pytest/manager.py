@@ -131,7 +131,7 @@ class LeakCheckManager:
         if self.scope == "function" and not self._wanted(item) and not wants_fork(item):
             # What an unchecked test allocates is not "created since baseline" for
             # the next checked one: re-read the storages alive before its baseline.
-            self._ledger_stale = True
+            self.series.mark_stale()
             return None
         ihook = item.ihook
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
