@@ -148,22 +148,24 @@ def read_report_data(path: str | Path) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ReportFormatError(
-            f"{source}: not UTF-8 text (byte {exc.start}); not a memdiag JSON report"
+            f"{source} is not a memdiag JSON report: not UTF-8 text (byte {exc.start})"
         ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ReportFormatError(f"{source}: not JSON ({exc.msg} at line {exc.lineno})") from None
+        raise ReportFormatError(
+            f"{source} is not a memdiag JSON report: not JSON ({exc.msg} at line {exc.lineno})"
+        ) from None
     except ValueError as exc:  # an integer of thousands of digits
-        raise ReportFormatError(f"{source}: not a memdiag report ({exc})") from None
+        raise ReportFormatError(f"{source} is not a memdiag JSON report: {exc}") from None
     except RecursionError:
         raise ReportFormatError(
-            f"{source}: JSON nested too deeply to be a memdiag report"
+            f"{source} is not a memdiag JSON report: JSON nested too deeply"
         ) from None
     try:
         check_report(data)
     except ReportFormatError as exc:
-        raise ReportFormatError(f"{source}: {exc}") from None
+        raise ReportFormatError(f"{source} is not a memdiag JSON report: {exc}") from None
     assert isinstance(data, dict)
     return data
 
@@ -175,5 +177,5 @@ def result_from_data(data: dict[str, Any], source: str | Path = "the report") ->
         return CheckResult.from_json(data)
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise ReportFormatError(
-            f"{source}: not a memdiag report ({type(exc).__name__}: {str(exc)[:200]})"
+            f"{source} is not a memdiag JSON report: {type(exc).__name__}: {str(exc)[:200]}"
         ) from None
