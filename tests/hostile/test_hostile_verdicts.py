@@ -97,13 +97,13 @@ class HostileMeta(type):
 
 
 def test_census_never_calls_user_eq_or_hash() -> None:
-    KEPT["odd"] = HostileMeta("Odd", (), {})()
-    KEPT["t"] = torch.ones(MiB)
     ledger = StorageLedger()
     ledger.refresh()
+    KEPT["odd"] = HostileMeta("Odd", (), {})()
+    KEPT["t"] = torch.ones(MiB)
     census = take_census(ledger, ["cpu"])
     KEPT.clear()
-    assert census.heap_objects > 0
+    assert [r.nbytes for r in census.new] == [4 * MiB]
 
 
 FROZEN = """
