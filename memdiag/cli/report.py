@@ -58,6 +58,10 @@ def _read_json(path: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CliError(f"{path} is not a memdiag JSON report: {exc}") from None
+    except RecursionError:
+        raise CliError(f"{path} is not a memdiag JSON report: nested too deeply") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise CliError(f"{path} is not a memdiag JSON report: {exc}") from None
 
 
 def read_any(path: str) -> RunReport | SessionReport:
