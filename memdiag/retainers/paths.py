@@ -26,7 +26,6 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 
-from memdiag.backends.torch_backend import pool_of_key
 from memdiag.heap.hidden import HiddenRefs
 from memdiag.retainers.describe import (
     HopLabeller,
@@ -41,6 +40,7 @@ from memdiag.retainers.describe import (
 from memdiag.retainers.model import ROOT_KINDS, Edge
 from memdiag.retainers.roots import RootEnv, Seed
 from memdiag.retainers.scan import Subgraph
+from memdiag.values.readings import pool_of_key
 
 __all__ = ["CHAIN_HEAD", "CHAIN_TAIL", "PathForest", "normalise_label"]
 
