@@ -97,6 +97,7 @@ class ScriptRun:
     _saved_argv: list[str] | None = field(default=None, repr=False)
     _saved_path0: tuple[str, str] | None = field(default=None, repr=False)
     _restore_os_exit: Callable[[], None] | None = field(default=None, repr=False)
+    _saved_excepthook: Any = field(default=None, repr=False)
 
     @property
     def failed(self) -> bool:
@@ -114,10 +115,14 @@ class ScriptRun:
         return Path(file if isinstance(file, str) else self.target.value)
 
     def release(self) -> None:
-        """Put memdiag's ``__main__``, ``sys.argv``, ``sys.path`` and ``os._exit`` back."""
+        """Put memdiag's ``__main__``, ``sys.argv``, ``sys.path[0]``, ``sys.excepthook``
+        and ``os._exit`` back (after the check)."""
         if self._restore_os_exit is not None:
             self._restore_os_exit()
             self._restore_os_exit = None
+        if self._saved_excepthook is not None:  # the program's hook served its purpose
+            sys.excepthook = self._saved_excepthook
+            self._saved_excepthook = None
         if self._saved_main is not None:
             sys.modules["__main__"] = self._saved_main
             self._saved_main = None
@@ -159,6 +164,7 @@ def run_target(
     run = ScriptRun(target=target)
     run._saved_main = sys.modules["__main__"]
     run._saved_argv = sys.argv
+    run._saved_excepthook = sys.excepthook
     module = types.ModuleType("__main__")
     try:
         compiled = _prepare(target, args, module, run)
