@@ -274,6 +274,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report_at_os_exit(agent: Agent) -> Callable[[int, str], int]:
+    """A worker ending with ``os._exit`` writes its report first (frames still alive)."""
+
+    def report(code: int, where: str) -> int:
+        agent._at_exit()
+        return code
+
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m memdiag.agent [--dir DIR] (script.py | -m module | -c code) [args...]``."""
 
@@ -291,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     agent = install(directory, device=args.device, settle=args.settle)
     assert agent is not None
     try:
-        run = run_target(target, program_args)
+        run = run_target(target, program_args, on_os_exit=_report_at_os_exit(agent))
     except TargetError as exc:
         print(f"memdiag agent: {exc}", file=sys.stderr)
         return 2
