@@ -30,10 +30,8 @@ def version() -> str:
 
     try:
         return metadata.version("memdiag")
-    except metadata.PackageNotFoundError:
-        from memdiag import __version__
-
-        return __version__
+    except metadata.PackageNotFoundError:  # run from a source tree: the package's own
+        return str(getattr(sys.modules.get("memdiag"), "__version__", "unknown"))
 
 
 def _parser() -> tuple[Parser, dict[str, Any]]:
