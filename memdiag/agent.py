@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import importlib.util
+import contextlib
 import os
 import sys
 import threading
 import traceback
-import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -47,7 +46,7 @@ from memdiag.report.json_report import write_json
 from memdiag.values.result import CheckResult
 from memdiag.values.units import parse_seconds
 from memdiag.workers.env import ENV_DEVICE, ENV_DIR, ENV_SETTLE, report_path
-from memdiag.workers.runner import ScriptNotFound, run_script
+from memdiag.workers.runner import TargetError, run_target, split_command_line
 
 __all__ = [
     "ENV_DEVICE",
@@ -278,85 +277,61 @@ def _settle_seconds(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m memdiag.agent",
+        usage="python -m memdiag.agent [options] (script.py | -m module | -c code) [args ...]",
         description=(
-            "Run a worker script (or -m module) as python would, then write its memdiag "
-            "report to DIR/memdiag-PID.json.  Exits with the worker's own exit code."
+            "Run a worker program as python would (the same runner as `memdiag run`), then "
+            "write its memdiag report to DIR/memdiag-PID.json.  Exits with the worker's "
+            "own exit code."
         ),
     )
     parser.add_argument("--dir", help=f"report directory (default: ${ENV_DIR})")
     parser.add_argument("--device", help=f"device to check (default: ${ENV_DEVICE} or auto)")
     parser.add_argument("--settle", type=_settle_seconds, help="seconds to let memory come back")
     parser.add_argument("-m", dest="module", help="run a module, as python -m does")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="script and its arguments")
+    parser.add_argument("-c", dest="code", help="run code, as python -c does")
+    parser.add_argument("script", nargs="?", help="the worker script")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments, `--` included")
     return parser
 
 
-def _run_module(name: str, args: list[str]) -> tuple[int, types.ModuleType | None, Any]:
-    """Run module ``name`` as ``python -m name args`` would, as ``__main__``.
+def _report_at_os_exit(agent: Agent) -> Callable[[int, str], int]:
+    """A worker ending with ``os._exit`` writes its report first (frames still alive)."""
 
-    Returns (exit code, the module, the saved ``__main__``): the module stays in
-    ``sys.modules['__main__']`` so that the check sees its globals as a module's.
-    """
-    saved_main, saved_argv = sys.modules["__main__"], sys.argv
-    try:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.submodule_search_locations is not None:
-            spec = importlib.util.find_spec(f"{name}.__main__")  # a package: its __main__
-    except (ImportError, ValueError) as exc:
-        print(f"memdiag agent: cannot run -m {name}: {exc}", file=sys.stderr)
-        return 1, None, saved_main
-    if spec is None or spec.loader is None or not hasattr(spec.loader, "get_code"):
-        print(f"memdiag agent: no module named {name}", file=sys.stderr)
-        return 1, None, saved_main
-    module = types.ModuleType("__main__")
-    module.__dict__.update(
-        {"__file__": spec.origin, "__spec__": spec, "__builtins__": __builtins__}
-    )
-    sys.modules["__main__"] = module
-    sys.argv = [spec.origin or name, *args]
-    try:
-        exec(spec.loader.get_code(spec.name), module.__dict__)
-    except SystemExit as exc:
-        code = exc.code
-        return (code if isinstance(code, int) else (0 if code is None else 1)), module, saved_main
-    except BaseException as exc:  # noqa: BLE001 - reported as python would, exit code kept
-        traceback.print_exc()
-        traceback.clear_frames(exc.__traceback__)
-        return 1, module, saved_main
-    finally:
-        sys.argv = saved_argv
-    return 0, module, saved_main
+    def report(code: int, where: str) -> int:
+        agent._at_exit()
+        return code
+
+    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m memdiag.agent [--dir DIR] (script.py | -m module) [args...]``."""
+    """``python -m memdiag.agent [--dir DIR] (script.py | -m module | -c code) [args...]``."""
+
     parser = _parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    rest: list[str] = list(args.args)
-    if not args.module and not rest:
-        parser.error("give a script to run, or -m module")
+    own, target, program_args = split_command_line(
+        list(sys.argv[1:] if argv is None else argv), parser
+    )
+    args = parser.parse_args(own)
+    if target is None:
+        parser.error("give a script to run, -m module or -c code")
     directory = args.dir or os.environ.get(ENV_DIR)
     if not directory:
         parser.error(f"give --dir or set {ENV_DIR}")
     os.environ[ENV_DIR] = directory  # the worker's own children report there too
     agent = install(directory, device=args.device, settle=args.settle)
     assert agent is not None
-    if args.module:
-        code, module, saved_main = _run_module(args.module, rest)
-        try:
-            agent._at_exit()  # with the module still alive as __main__
-        finally:
-            sys.modules["__main__"] = saved_main
-            del module
-        return code
     try:
-        run = run_script(rest[0], rest[1:])
-    except ScriptNotFound as exc:
+        run = run_target(target, program_args, on_os_exit=_report_at_os_exit(agent))
+    except TargetError as exc:
         print(f"memdiag agent: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.flush()
+    if run.forked:  # a child the worker forked: its report is its own agent's business
+        return run.exit_code
     try:
-        agent._at_exit()  # with the script's __main__ still alive, as `memdiag run`
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
+        agent._at_exit()  # with the worker's __main__ still alive, as `memdiag run`
     finally:
         run.release()
     return run.exit_code

@@ -28,6 +28,8 @@ class FakeDevice:
     peak_allocated: int = 0
     pending: list[tuple[float, int]] = field(default_factory=list)
     """(monotonic time when it is released, bytes) for lazily released memory."""
+    private_pools: dict[str, list[int]] = field(default_factory=dict)
+    """``"a,b"`` -> [reserved, allocated] of private pools (part of ``reserved``)."""
 
 
 class FakeBackend:
@@ -107,6 +109,23 @@ class FakeBackend:
             processes=state.processes,
             time=self._clock(),
         )
+
+    def set_pool(self, device: str, pool: tuple[int, int], reserved: int, allocated: int) -> None:
+        """Script a private pool (CUDA graph, MemPool) of ``reserved`` bytes; ``0`` drops it."""
+        pools = self._devices[device].private_pools
+        name = f"{pool[0]},{pool[1]}"
+        if reserved:
+            pools[name] = [reserved, allocated]
+        else:
+            pools.pop(name, None)
+
+    def pools(self, device: str) -> dict[str, object]:
+        """The allocator's split by pool, as :meth:`TorchBackend.pools` gives it: every
+        cached byte outside the private pools can be returned."""
+        state = self._devices[device]
+        private = {k: list(v) for k, v in state.private_pools.items()}
+        held = sum(r - a for r, a in private.values())
+        return {"returnable": max(0, state.reserved - state.allocated - held), "private": private}
 
     def reset_peak(self, device: str) -> None:
         state = self._devices[device]

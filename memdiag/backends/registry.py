@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from memdiag.backends.base import Availability, Backend, BackendUnavailable
-from memdiag.backends.torch_backend import TorchBackend
+from memdiag.backends.torch_backend import HOST_PINNED, TorchBackend
 
 __all__ = ["BACKENDS", "Selection", "UsageError", "create", "probe_all", "select"]
 
@@ -110,6 +110,8 @@ def select(spec: str = "auto") -> Selection:
                 raise UsageError(
                     f"device {part!r} is not visible; visible devices: {', '.join(devices)}"
                 )
+            if ":" not in part and HOST_PINNED in devices:
+                matches.append(HOST_PINNED)  # "cuda": every GPU and pinned host memory
             wanted.extend(m for m in matches if m not in wanted)
         devices = tuple(wanted)
     backends: list[Backend] = [torch_backend]

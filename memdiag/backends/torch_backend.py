@@ -6,6 +6,13 @@ context exists, the device-wide ``driver_used``/``total`` from ``mem_get_info``.
 It never creates a device context: a device the program has not initialised reads
 as zero, and ``mem_get_info`` (which would create one) is called only for devices
 the allocator already uses.
+
+On CUDA and ROCm builds it also reads ``host-pinned``: page-locked host memory of
+torch's pinned-memory allocator (``torch.cuda.host_memory_stats()``), a device of
+its own because a pinned staging buffer that is never freed leaks host memory no
+accelerator counter shows.  :meth:`TorchBackend.pools` splits a device's reserved
+memory by allocator pool (``memory_snapshot()`` segments): what ``empty_cache()``
+can return, and what private pools (CUDA graphs, ``MemPool``) hold.
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ from types import ModuleType
 from typing import Any
 
 from memdiag.backends.base import Availability, BackendUnavailable
-from memdiag.values.readings import DeviceReading
+from memdiag.values.readings import HOST_PINNED, DeviceReading, pool_key, pool_of_key
 
-__all__ = ["TorchBackend"]
+__all__ = ["HOST_PINNED", "TorchBackend", "pool_key", "pool_of_key"]
 
 
 def _torch() -> ModuleType:
@@ -58,7 +65,8 @@ class TorchBackend:
             availability = self.probe()
             if not availability.available:
                 raise BackendUnavailable(availability.reason)
-        return tuple(f"{self._kind}:{i}" for i in range(self._count))
+        devices = tuple(f"{self._kind}:{i}" for i in range(self._count))
+        return (*devices, HOST_PINNED) if self._kind == "cuda" else devices
 
     def _module(self) -> Any:
         torch = _torch()
@@ -76,6 +84,8 @@ class TorchBackend:
         return bool(is_init()) if callable(is_init) else True
 
     def read(self, device: str) -> DeviceReading:
+        if device == HOST_PINNED:
+            return self._read_pinned()
         index = self._index(device)
         now = time.monotonic()
         if not self.initialized():
@@ -131,13 +141,78 @@ class TorchBackend:
             }
         return dict(self._module().memory_stats(index))
 
+    def _read_pinned(self) -> DeviceReading:
+        now = time.monotonic()
+        if self._kind != "cuda":
+            raise BackendUnavailable(f"torch backend has no device {HOST_PINNED!r}")
+        if not self.initialized():
+            return DeviceReading(device=HOST_PINNED, sources=(self.name,), allocated=0, time=now)
+        stats_fn = getattr(self._module(), "host_memory_stats", None)
+        if not callable(stats_fn):
+            raise BackendUnavailable("this torch has no torch.cuda.host_memory_stats()")
+        try:
+            stats = stats_fn()
+        except Exception as exc:
+            raise BackendUnavailable(f"torch.cuda.host_memory_stats() failed: {exc}") from exc
+        return DeviceReading(
+            device=HOST_PINNED,
+            sources=(self.name,),
+            allocated=int(stats.get("allocated_bytes.current", 0)),
+            peak_allocated=int(stats.get("allocated_bytes.peak", 0)) or None,
+            time=now,
+            extra={"initialized": True},
+        )
+
+    def pools(self, device: str) -> dict[str, Any] | None:
+        """Reserved memory of ``device`` by allocator pool, from ``memory_snapshot()``.
+
+        ``returnable``: bytes of default-pool segments with nothing allocated (what
+        ``empty_cache()`` releases); ``private``: ``"a,b"`` -> ``[reserved,
+        allocated]`` for every private pool (CUDA graphs, ``MemPool``,
+        torch.compile's CUDA graph trees).  ``None`` where the build cannot tell.
+        """
+        if device == HOST_PINNED or self._kind != "cuda" or not self.initialized():
+            return None
+        index = self._index(device)
+        try:
+            segments = self._module().memory_snapshot()
+        except Exception:  # noqa: BLE001 - pools are a refinement; the counters stand
+            return None
+        returnable = 0
+        private: dict[str, list[int]] = {}
+        for segment in segments:
+            if segment.get("device") != index:
+                continue
+            pool = tuple(segment.get("segment_pool_id") or (0, 0))
+            total = int(segment.get("total_size", 0))
+            allocated = int(segment.get("allocated_size", 0))
+            if pool == (0, 0):
+                if allocated == 0 and int(segment.get("active_size", 0)) == 0:
+                    returnable += total
+                continue
+            entry = private.setdefault(f"{pool[0]},{pool[1]}", [0, 0])
+            entry[0] += total
+            entry[1] += allocated
+        return {"returnable": returnable, "private": private}
+
     def reset_peak(self, device: str) -> None:
+        if device == HOST_PINNED:
+            reset = getattr(self._module(), "reset_peak_host_memory_stats", None)
+            if callable(reset) and self.initialized():
+                reset()
+            return
         index = self._index(device)
         if self.initialized():
             self._module().reset_peak_memory_stats(index)
 
     def settle(self, device: str) -> None:
-        """Synchronise the device and free cuBLAS/cuBLASLt workspaces torch keeps."""
+        """Synchronise the device and free cuBLAS/cuBLASLt workspaces torch keeps;
+        for ``host-pinned``, release the pinned blocks the host allocator caches."""
+        if device == HOST_PINNED:
+            empty = getattr(getattr(sys.modules.get("torch"), "_C", None), "_host_emptyCache", None)
+            if callable(empty) and self.initialized():
+                empty()
+            return
         index = self._index(device)
         if not self.initialized():
             return

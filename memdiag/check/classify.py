@@ -8,14 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from memdiag.heap.census import Census, StorageRecord
 from memdiag.values.findings import Finding, FindingKind, TensorGroup
-from memdiag.values.readings import DeviceReading, ProcessUsage
+from memdiag.values.readings import DeviceReading, ProcessUsage, pool_key
 from memdiag.values.result import PhaseRecord
 from memdiag.values.units import format_bytes, plural
 
 __all__ = ["Assessment", "DeviceAssessment", "assess", "classify"]
+
+
+@dataclass(frozen=True)
+class PoolGrowth:
+    """One private pool's reserved, unallocated memory grown since baseline."""
+
+    pool: tuple[int, int]
+    nbytes: int
+    owners: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"({self.pool[0]}, {self.pool[1]})"
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,15 @@ class DeviceAssessment:
     other_processes: tuple[tuple[ProcessUsage, int], ...]
     """(process, growth since baseline) for the other processes of the tree."""
     reasons: tuple[str, ...]
+    pools: tuple[PoolGrowth, ...] = ()
+    """Private pools whose reserved-but-free memory grew while an owner lives."""
+    returnable: int | None = None
+    """Bytes ``empty_cache()`` can return now (free default-pool segments and pools
+    no owner keeps), where the allocator's pool split was read."""
+
+    @property
+    def pool_growth(self) -> int:
+        return sum(p.nbytes for p in self.pools)
 
     @property
     def other_growth(self) -> int:
@@ -83,9 +106,12 @@ def assess(
         cache_growth = _diff(cache_now, cache_then)
         outside_growth, context = _outside(device, base, reading, phases)
         others = _other_processes(base, reading, own_pid, tree_pids)
+        pools = _pool_growth(base, reading)
         reasons: list[str] = []
         if growth is not None and growth > allow:
             reasons.append("allocated")
+        if sum(p.nbytes for p in pools) > allow:
+            reasons.append("private_pool")
         if outside_growth is not None and outside_growth > driver_allow:
             reasons.append("outside_torch")
         if sum(max(0, g) for _, g in others) > driver_allow:
@@ -108,8 +134,38 @@ def assess(
             context_bytes=context,
             other_processes=tuple(others),
             reasons=tuple(reasons),
+            pools=pools,
+            returnable=_returnable(reading),
         )
     return Assessment(result)
+
+
+def _private(reading: DeviceReading) -> dict[str, Any]:
+    pools = reading.extra.get("pools")
+    private = pools.get("private") if isinstance(pools, dict) else None
+    return private if isinstance(private, dict) else {}
+
+
+def _returnable(reading: DeviceReading) -> int | None:
+    pools = reading.extra.get("pools")
+    return int(pools["returnable"]) if isinstance(pools, dict) and "returnable" in pools else None
+
+
+def _pool_growth(base: DeviceReading, reading: DeviceReading) -> tuple[PoolGrowth, ...]:
+    before = _private(base)
+    out: list[PoolGrowth] = []
+    for name, entry in _private(reading).items():
+        if len(entry) < 3:  # no free bytes in any pool: nothing held beyond its tensors
+            continue
+        reserved, allocated, owners = entry[0], entry[1], entry[2]
+        then = before.get(name)
+        held_then = int(then[0]) - int(then[1]) if then else 0
+        grown = int(reserved) - int(allocated) - held_then
+        if grown > 0:
+            first, _, second = name.partition(",")
+            out.append(PoolGrowth((int(first), int(second)), grown, tuple(owners)))
+    out.sort(key=lambda p: -p.nbytes)
+    return tuple(out)
 
 
 def _outside(
@@ -177,6 +233,7 @@ def classify(
     findings: list[Finding] = []
     for device, a in assessment.devices.items():
         findings.extend(_tensor_findings(a, census, freeze_before, freeze_now))
+        findings.extend(_pool_findings(a))
         findings.extend(_driver_findings(a))
         findings.extend(_info_findings(a, workspace.get(device, 0)))
     findings.sort(key=lambda f: (not f.is_leak, -f.nbytes))
@@ -273,6 +330,33 @@ def _tensor_findings(
     return out
 
 
+def _pool_findings(a: DeviceAssessment) -> list[Finding]:
+    if "private_pool" not in a.reasons:
+        return []
+    names = ", ".join(f"{p.name} of {'/'.join(p.owners) or '?'}" for p in a.pools)
+    total = a.pool_growth
+    return [
+        Finding(
+            kind=FindingKind.PRIVATE_POOL,
+            device=a.device,
+            nbytes=total,
+            is_leak=True,
+            message=(
+                f"{format_bytes(total)} stays reserved in {len(a.pools)} private "
+                f"pool{'s' if len(a.pools) != 1 else ''} ({names}) that a live owner "
+                f"keeps; torch.cuda.empty_cache() cannot return it (tolerance "
+                f"{format_bytes(a.allowance)})"
+            ),
+            advice=(
+                "drop the CUDA graph / torch.cuda.MemPool that owns the pool (retainers "
+                "below) in shutdown; for torch.compile(mode='reduce-overhead') delete the "
+                "compiled model and call torch._dynamo.reset()"
+            ),
+            storages=tuple((pool_key(p.pool), p.nbytes, 0) for p in a.pools),
+        )
+    ]
+
+
 def _driver_findings(a: DeviceAssessment) -> list[Finding]:
     out: list[Finding] = []
     if a.outside_growth is not None and a.outside_growth > a.driver_allowance:
@@ -331,20 +415,32 @@ def _driver_findings(a: DeviceAssessment) -> list[Finding]:
 
 def _info_findings(a: DeviceAssessment, workspace: int) -> list[Finding]:
     out: list[Finding] = []
-    if a.cache_growth is not None and a.cache_growth > a.allowance:
+    cache = None if a.cache_growth is None else a.cache_growth - a.pool_growth
+    if cache is not None and cache > a.allowance:
+        if a.returnable is None:
+            returns = (
+                "torch.cuda.empty_cache() returns the cached segments nothing is allocated "
+                "in and no live CUDA graph or MemPool keeps"
+            )
+        elif a.returnable > 0:
+            returns = f"torch.cuda.empty_cache() would return {format_bytes(a.returnable)}"
+        else:
+            returns = (
+                "torch.cuda.empty_cache() would return nothing now: every cached segment "
+                "still holds a live block (fragmentation)"
+            )
         out.append(
             Finding(
                 kind=FindingKind.ALLOCATOR_CACHE,
                 device=a.device,
-                nbytes=a.cache_growth,
+                nbytes=cache,
                 is_leak=False,
                 message=(
-                    f"the caching allocator holds {format_bytes(a.cache_growth)} more cached "
+                    f"the caching allocator holds {format_bytes(cache)} more cached "
                     "(reserved, not allocated) than at baseline; not a leak"
                 ),
                 advice=(
-                    f"torch.cuda.empty_cache() would return {format_bytes(a.cache_growth)}; "
-                    "free old buffers before allocating bigger ones to lower the peak"
+                    f"{returns}; free old buffers before allocating bigger ones to lower the peak"
                 ),
             )
         )

@@ -12,6 +12,7 @@ The check is built so that its passing path costs almost nothing:
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import threading
@@ -220,7 +221,7 @@ class Tracker:
         if counters is not None:
             self._gate_base = counters
             self._gate_deaths = ledger_deaths()
-        self.baseline = self._read(gated=True, baseline=True)
+        self.baseline = self._with_pools(self._read(gated=True, baseline=True), always=True)
         self._tree_pids = self._tree_for(self.baseline)
         if self._procs is not None:
             self._procs.start(self.baseline)
@@ -357,6 +358,36 @@ class Tracker:
             extra=extra,
         )
 
+    def _with_pools(
+        self, readings: dict[str, DeviceReading], *, always: bool = False
+    ) -> dict[str, DeviceReading]:
+        """Add the allocator's split by pool (``extra["pools"]``) where cached memory
+        exceeds the tolerance (always at baseline): a private pool (CUDA graph,
+        MemPool) keeps reserved memory that ``empty_cache()`` cannot return."""
+        assert self.selection is not None
+        owners: dict[tuple[int, int], list[str]] | None = None
+        for device, reading in readings.items():
+            reserved, allocated = reading.reserved, reading.allocated
+            if not reserved or allocated is None:
+                continue
+            if not always and reserved - allocated <= self.allowance(device, reading.total):
+                continue
+            for backend in self.selection.readers(device):
+                pools = getattr(backend, "pools", None)
+                found = pools(device) if callable(pools) else None
+                if found is not None:
+                    if any(r > a for r, a in found["private"].values()):
+                        if owners is None:
+                            from memdiag.retainers.pools import live_pools
+
+                            owners = live_pools()
+                        found = _mark_owned(found, owners)
+                    readings[device] = dataclasses.replace(
+                        reading, extra={**reading.extra, "pools": found}
+                    )
+                    break
+        return readings
+
     def phase(self, name: str) -> _PhaseHandle:
         """End the open phase (if any) and start ``name``."""
         name = _phase_name(name)
@@ -442,7 +473,7 @@ class Tracker:
         t0 = _perf_counter()
         if self._open is not None:
             self.end_phase()
-        readings = self._read(gated=True)
+        readings = self._with_pools(self._read(gated=True))
         assessment = self._assess(readings)
         freeze_grew = gc.get_freeze_count() > self._baseline_freeze
         pending = self._processes_pending(readings)  # observes the tree: always called
@@ -520,7 +551,7 @@ class Tracker:
                     workspace[device] = freed
         # Freeing framework workspaces is cheap and often enough; a full collection
         # (expensive on large heaps) only when memory is still not back.
-        readings = self._read(gated=True)
+        readings = self._with_pools(self._read(gated=True))
         assessment = self._assess(readings)
         pending = self._processes_pending(readings)
         if assessment.clean and not pending:
@@ -530,7 +561,7 @@ class Tracker:
         gc.collect()
 
         def poll() -> tuple[dict[str, DeviceReading], Assessment, bool]:
-            now = self._read(gated=True)
+            now = self._with_pools(self._read(gated=True))
             return now, self._assess(now), self._processes_pending(now)
 
         readings, assessment, outcome = poll_until_settled(
@@ -615,6 +646,23 @@ def _phase_name(name: object) -> str:
         return str(name)
     except Exception:  # noqa: BLE001 - a name whose __str__ raises
         return f"<{type(name).__name__} object>"
+
+
+def _mark_owned(
+    pools: dict[str, Any], owners: Mapping[tuple[int, int], list[str]]
+) -> dict[str, Any]:
+    """Private pools without a live owner are freed by ``empty_cache()``: their free
+    bytes count as returnable; the others get their owners' type names."""
+    returnable = int(pools["returnable"])
+    private: dict[str, Any] = {}
+    for name, (reserved, allocated, *_) in pools["private"].items():
+        first, _, second = name.partition(",")
+        owned = owners.get((int(first), int(second)))
+        if owned:
+            private[name] = [reserved, allocated, sorted(set(owned))]
+        else:
+            returnable += reserved - allocated
+    return {"returnable": returnable, "private": private}
 
 
 def _safe(fn: Any, *args: Any) -> None:

@@ -3,23 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import traceback
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from memdiag.cli.errors import EXIT_INTERNAL, EXIT_USAGE, CliError
 
-__all__ = ["main"]
+__all__ = ["main", "version"]
+
+DEBUG_ENV = "MEMDIAG_DEBUG"
+"""Set (to anything but ``0``) to see the traceback of memdiag's own errors."""
 
 
-def _parser() -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``CliError``, exit 2), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("memdiag").strip()
+        raise CliError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
+
+
+def version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("memdiag")
+    except metadata.PackageNotFoundError:  # run from a source tree: the package's own
+        return str(getattr(sys.modules.get("memdiag"), "__version__", "unknown"))
+
+
+def _parser() -> tuple[Parser, dict[str, Any]]:
     from memdiag.cli import compare, devices, known, merge, report, run
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="memdiag",
         description="Find GPU memory that does not come back, and say who holds it.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"memdiag {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands: dict[str, Any] = {}
     for module in (run, devices, report, merge, compare, known):
         command = module.COMMAND
         sub_parser = sub.add_parser(
@@ -30,32 +54,96 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.prepare_parser(sub_parser)
         sub_parser.set_defaults(handler=command.run)
-    return parser
+        commands[command.name] = (command, sub_parser)
+    return parser, commands
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser, commands = _parser()
+    # The command is the first word that is not an option; a command may take the
+    # rest of the line apart itself (`run` hands the script's arguments over verbatim).
+    index = next((i for i, token in enumerate(argv) if not token.startswith("-")), None)
+    if index is not None and argv[index] in commands:
+        command, sub_parser = commands[argv[index]]
+        split = getattr(command, "split_argv", None)
+        if split is not None:
+            own, extra = split(argv[index + 1 :], sub_parser)
+            args = parser.parse_args([*argv[: index + 1], *own])
+            for key, value in extra.items():
+                setattr(args, key, value)
+            return args
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.error(f"give a command: {', '.join(commands)}")
+    return args
+
+
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit codes: 0 clean, 1 leak, 2 usage error, 3 script failed, 4 internal error."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
+    from memdiag.cli.stdio import OriginalStdio, quiet_exit_streams
+
+    stdio = OriginalStdio()
     try:
-        args = parser.parse_args(args_list)
-    except SystemExit as exc:  # argparse: --help is 0, bad usage is 2
-        return int(exc.code or 0) if exc.code in (0, None) else EXIT_USAGE
-    if not getattr(args, "handler", None):
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return _main(list(sys.argv[1:] if argv is None else argv), stdio)
+    finally:
+        stdio.close()
+        if argv is None:  # the process ends next: its exit code must stay ours
+            quiet_exit_streams()
+
+
+def _main(argv: list[str], stdio: Any) -> int:
+    try:
+        args = _parse(argv)
+    except CliError as exc:
+        _say(stdio, f"memdiag: {exc}")
+        return exc.exit_code
+    except SystemExit as exc:  # argparse: --help and --version are 0
+        return 0 if exc.code in (0, None) else EXIT_USAGE
+    args.stdio = stdio
     try:
         return int(args.handler(args))
     except CliError as exc:
-        print(f"memdiag: {exc}", file=sys.stderr)
+        _say(stdio, f"memdiag: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("memdiag: interrupted", file=sys.stderr)
+        _say(stdio, "memdiag: interrupted")
         return 130
-    except Exception:  # noqa: BLE001 - our own bug: say so, never exit 1 (that means leak)
-        print("memdiag: internal error (please report this):", file=sys.stderr)
-        traceback.print_exc()
+    except Exception as exc:  # noqa: BLE001 - our own bug: say so, never exit 1 (that means leak)
+        internal_error(stdio, exc)
         return EXIT_INTERNAL
+
+
+def internal_error(stdio: Any, exc: BaseException) -> None:
+    """One line on memdiag's own failure; the traceback only with ``MEMDIAG_DEBUG=1``."""
+    import traceback
+
+    try:
+        what = f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - a hostile __str__ reached us
+        what = type(exc).__name__
+    if debugging():
+        _say(stdio, "".join(traceback.format_exception(exc)).rstrip("\n"))
+        hint = ""
+    else:
+        hint = f"; {DEBUG_ENV}=1 shows the traceback"
+    _say(
+        stdio,
+        f"memdiag: internal error (a bug in memdiag, not in your program; please report "
+        f"it{hint}): {what}",
+    )
+
+
+def _say(stdio: Any, line: str) -> None:
+    try:
+        stream = stdio.stderr()
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from memdiag.cli.errors import CliError
 from memdiag.values.result import CheckResult
@@ -123,16 +125,20 @@ def tolerances_from(values: list[str]) -> dict[str, Tolerance] | None:
 
 
 def check_output_paths(args: argparse.Namespace) -> None:
-    """Fail before the run, not after it, when a report could not be written."""
+    """Fail before the run, not after it, when a report could not be written; make
+    every report path absolute now, so that it lands relative to the directory memdiag
+    started in even when the program changes its working directory."""
     for flag in ("json", "html", "junit", "markdown"):
         path = getattr(args, flag, None)
         if not path:
             continue
-        parent = Path(path).resolve().parent
+        absolute = os.path.abspath(path)
+        parent = Path(absolute).resolve().parent
         if not parent.is_dir():
             raise CliError(f"--{flag} {path}: directory {parent} does not exist; create it first")
-        if Path(path).is_dir():
+        if Path(absolute).is_dir():
             raise CliError(f"--{flag} {path} is a directory; give a file name")
+        setattr(args, flag, absolute)
 
 
 def write_reports(result: CheckResult, args: argparse.Namespace, *, name: str = "") -> None:
@@ -155,10 +161,13 @@ def write_reports(result: CheckResult, args: argparse.Namespace, *, name: str = 
             raise CliError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
 
 
-def emit_annotations(result: CheckResult, *, main_file: str | None, verbosity: int) -> None:
-    """Print GitHub Actions annotations on stdout when running in GitHub Actions."""
+def emit_annotations(
+    result: CheckResult, *, main_file: str | None, verbosity: int, file: TextIO | None = None
+) -> None:
+    """Print GitHub Actions annotations on ``file`` (default stdout) in GitHub Actions."""
     from memdiag.report.github import GithubReport, in_github_actions
 
     if in_github_actions():
-        GithubReport(result, main_file=main_file, verbosity=verbosity).render(sys.stdout)
-        sys.stdout.flush()
+        out = sys.stdout if file is None else file
+        GithubReport(result, main_file=main_file, verbosity=verbosity).render(out)
+        out.flush()

@@ -22,9 +22,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from memdiag.heap.hidden import find_hidden, with_hidden
 from memdiag.heap.hostmem import HostCounters, host_counters
 from memdiag.heap.view import HeapView, call_with_full_heap
 from memdiag.values.findings import TensorSummary
+from memdiag.values.readings import HOST_PINNED
 
 __all__ = [
     "Census",
@@ -160,8 +162,9 @@ class StorageLedger:
         if tensor is None:
             return 0
         objects = gc.get_objects()
+        hidden = find_hidden(objects, arrays=False)
         try:
-            for obj in objects:
+            for obj in with_hidden(objects, hidden):
                 if is_tensor_type(type(obj), tensor):
                     storage = _storage_of(obj)
                     if storage is not None:
@@ -183,6 +186,7 @@ class StorageLedger:
                 self.strong_keys.update(call_with_full_heap(_frozen_storage_keys))
             return len(objects)
         finally:
+            hidden.clear()
             del objects
 
     def adopt_new(self, known: StorageLedger) -> None:
@@ -278,7 +282,23 @@ def _device_name(tensor: Any) -> str:
     return f"{device.type}:{device.index}" if device.index is not None else str(device.type)
 
 
-def _summary(tensor: Any, storage: Any) -> TensorSummary:
+def _cuda_initialized() -> bool:
+    cuda = getattr(sys.modules.get("torch"), "cuda", None)
+    is_init = getattr(cuda, "is_initialized", None)
+    try:
+        return bool(is_init()) if callable(is_init) else False
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _is_pinned(tensor: Any) -> bool:
+    try:
+        return bool(tensor.is_pinned())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _summary(tensor: Any, storage: Any, device: str | None = None) -> TensorSummary:
     torch: Any = sys.modules.get("torch")
     base = torch._C.TensorBase
     try:
@@ -298,14 +318,17 @@ def _summary(tensor: Any, storage: Any) -> TensorSummary:
     return TensorSummary(
         shape=shape,
         dtype=dtype,
-        device=_device_name(tensor),
+        device=device or _device_name(tensor),
         type_name=name,
         nbytes=_storage_bytes(tensor, storage),
     )
 
 
 def census_of(
-    view: HeapView, ledger: StorageLedger | None, devices: Iterable[str] | None = None
+    view: HeapView,
+    ledger: StorageLedger | None,
+    devices: Iterable[str] | None = None,
+    pinned_keys: frozenset[int] | None = None,
 ) -> Census:
     """Walk ``view`` once and sort live storages into baseline and new."""
     tensor = tensor_class()
@@ -313,8 +336,16 @@ def census_of(
     baseline: dict[str, int] = {}
     frozen_bytes: dict[str, int] = {}
     seen: dict[int, list[Any]] = {}  # key -> [storage, summary, count, all_frozen]
-    if tensor is not None:
-        for obj in view.objects:
+    # Pinned CPU tensors are charged to the "host-pinned" device when it is checked;
+    # asking needs the CUDA runtime, so never in a forked child nor before CUDA is up.
+    pinned = (wanted is None or HOST_PINNED in wanted) and not view.in_child and _cuda_initialized()
+    if pinned_keys is not None:  # asked in the parent before a forked walk
+        pinned = False
+    # Storages held only from C++ (an autograd graph's saved tensors, a TorchScript
+    # module's parameters) have no Python tensor on the heap: count them too.
+    hidden = find_hidden(view.objects, arrays=False) if tensor is not None else None
+    if tensor is not None and hidden is not None:
+        for obj in with_hidden(view.objects, hidden):
             if not is_tensor_type(type(obj), tensor):
                 continue
             storage = _storage_of(obj)
@@ -328,12 +359,18 @@ def census_of(
                     device = _device_name(obj)
                 except Exception:  # noqa: BLE001 - a tensor whose device cannot be read
                     continue
+                if device == "cpu" and (
+                    (pinned and _is_pinned(obj)) or (pinned_keys is not None and key in pinned_keys)
+                ):
+                    device = HOST_PINNED
                 if wanted is not None and device not in wanted:
                     continue
-                seen[key] = [storage, _summary(obj, storage), 1, frozen]
+                seen[key] = [storage, _summary(obj, storage, device), 1, frozen]
             else:
                 entry[2] += 1
                 entry[3] = entry[3] and frozen
+    if hidden is not None:
+        hidden.clear()
     records: list[StorageRecord] = []
     for key, (storage, summary, count, all_frozen) in seen.items():
         device = summary.device
@@ -361,7 +398,29 @@ def census_of(
 def take_census(ledger: StorageLedger | None, devices: Iterable[str] | None = None) -> Census:
     """Census of the whole heap, frozen objects included (forked walk when needed)."""
     device_list = list(devices) if devices is not None else None
-    return call_with_full_heap(lambda view: census_of(view, ledger, device_list))
+    pinned_keys = None
+    if gc.get_freeze_count() and (device_list is None or HOST_PINNED in device_list):
+        pinned_keys = _pinned_keys()  # a forked child must not ask the CUDA runtime
+    return call_with_full_heap(lambda view: census_of(view, ledger, device_list, pinned_keys))
+
+
+def _pinned_keys() -> frozenset[int] | None:
+    """Storage keys of pinned CPU tensors visible here (not frozen ones)."""
+    tensor = tensor_class()
+    if tensor is None or not _cuda_initialized():
+        return None
+    keys: set[int] = set()
+    objects = gc.get_objects()
+    try:
+        obj: Any
+        for obj in objects:
+            if is_tensor_type(type(obj), tensor) and _device_name(obj) == "cpu":
+                storage = _storage_of(obj)
+                if storage is not None and _is_pinned(obj):
+                    keys.add(storage._cdata)
+    finally:
+        del objects
+    return frozenset(keys)
 
 
 _FROZEN_CPU: dict[int, dict[int, int]] = {}
@@ -411,8 +470,12 @@ def live_cpu_bytes() -> int:
         return 0
     keys: dict[int, int] = dict(frozen_cpu_storages())
     objects = gc.get_objects()
+    # A storage need not have a Python tensor to be held: count what autograd graphs
+    # and TorchScript modules hold from C++ as well.
+    hidden = find_hidden(objects, arrays=False)
     try:
-        for obj in objects:
+        obj: Any
+        for obj in with_hidden(objects, hidden):
             if is_tensor_type(type(obj), tensor):
                 try:
                     if _device_name(obj) != "cpu":
@@ -423,6 +486,7 @@ def live_cpu_bytes() -> int:
                 if storage is not None:
                     keys[storage._cdata] = _storage_bytes(obj, storage)
     finally:
+        hidden.clear()
         del objects
     return sum(keys.values())
 

@@ -23,14 +23,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from memdiag.heap.hidden import find_hidden, with_hidden
 from memdiag.heap.view import HeapView, call_with_full_heap
 from memdiag.retainers.describe import is_a
 from memdiag.retainers.grouping import assemble, no_tensor_group
 from memdiag.retainers.known import DEFAULT_KNOWN, IgnoreRule, KnownRetention
 from memdiag.retainers.model import RetainerReport
 from memdiag.retainers.paths import PathForest
+from memdiag.retainers.pools import owner_types, pool_of
 from memdiag.retainers.roots import RootEnv, ThreadStack, capture_threads, own_frame_ids
 from memdiag.retainers.scan import scan_heap
+from memdiag.values.readings import pool_key
 from memdiag.values.units import format_bytes
 
 __all__ = ["analyze", "analyze_heap"]
@@ -69,6 +72,20 @@ def _storage_key(torch: Any) -> Callable[[object], int | None]:
             return None if storage is None else int(storage._cdata)
         except Exception:  # noqa: BLE001 - meta, fake and wrapper tensors have no storage
             return None
+
+    return key_of
+
+
+def _owner_or_storage_key(
+    owners: frozenset[type], storage_key: Callable[[object], int | None]
+) -> Callable[[object], int | None]:
+    """A pool owner's key is its pool's (:func:`pool_key`); a tensor's, its storage's."""
+
+    def key_of(obj: object) -> int | None:
+        if type(obj) in owners:
+            pool = pool_of(obj)
+            return None if pool is None else pool_key(pool)
+        return storage_key(obj)
 
     return key_of
 
@@ -166,18 +183,30 @@ def _analyze(
     exclude.update({id(view), id(view.objects), id(caller_targets), id(target_map), id(stacks)})
     exclude.update(id(s) for s in stacks)
     exclude.update(id(s.frames) for s in stacks)
+    # Storages held from C++ (autograd graphs, TorchScript modules, arrays viewing a
+    # storage) are reached through edges gc.get_referents does not report.
+    hidden = find_hidden(view.objects)
+    objects = list(with_hidden(view.objects, hidden)) if hidden else view.objects
+    exclude.update({id(hidden), id(hidden.added), id(hidden.edges), id(objects)})
+    holder_types = _holder_types(torch)
+    key_of = _storage_key(torch)
+    if any(key < 0 for key in target_map):  # private pools: their owners are the holders
+        owners = owner_types()
+        holder_types += owners
+        key_of = _owner_or_storage_key(frozenset(owners), key_of)
     graph = scan_heap(
-        view.objects,
+        objects,
         targets=target_map,
-        holder_types=_holder_types(torch),
-        key_of=_storage_key(torch),
+        holder_types=holder_types,
+        key_of=key_of,
         root_of=env.classify,
         exclude=exclude,
         extra=env.extra,
+        referents=hidden.referents if hidden else gc.get_referents,
     )
     env.bind(graph.children, graph.nodes, graph.roots)
     nn_module = getattr(sys.modules.get("torch.nn.modules.module"), "Module", None)
-    forest = PathForest(graph, env, target_map, baseline_ids, nn_module)
+    forest = PathForest(graph, env, target_map, baseline_ids, nn_module, hidden)
     forest.grow(env.all_seeds())
     native = forest.adopt_unrooted(view.frozen_ids)
     # Storage objects torch keeps for a storage's Python identity are not holders

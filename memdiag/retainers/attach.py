@@ -41,7 +41,8 @@ def attach_retainers(
         if not mine:
             out.append(finding)
             continue
-        mine.sort(key=lambda g: g.retained_bytes, reverse=True)
+        # What the program must fix first; framework retention (known) after it.
+        mine.sort(key=lambda g: (g.known is not None, -g.retained_bytes))
         updated = dataclasses.replace(finding, retainers=tuple(g.to_json() for g in mine))
         excused = [g for g in mine if g.known is not None or g in report.ignored]
         if finding.is_leak and len(excused) == len(mine):

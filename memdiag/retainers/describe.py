@@ -15,9 +15,12 @@ import os
 import sys
 import types
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memdiag.values.units import format_bytes
+
+if TYPE_CHECKING:
+    from memdiag.heap.hidden import HiddenRefs
 
 __all__ = [
     "HopLabeller",
@@ -238,7 +241,8 @@ class HopLabeller:
     the function), ``cache`` (an ``lru_cache``'s dict), ``key`` (inside a cache key).
     """
 
-    def __init__(self, nn_module: type | None) -> None:
+    def __init__(self, nn_module: type | None, hidden: HiddenRefs | None = None) -> None:
+        self._hidden = hidden
         self._nn_module = nn_module
         self._index: dict[int, dict[int, str]] = {}
 
@@ -284,6 +288,10 @@ class HopLabeller:
 
     def hop(self, parent: Any, role: str, child: object, owner: Any) -> tuple[str, str]:
         """``(label, role of child)`` for one reference; ``owner`` is the parent's parent."""
+        if self._hidden:
+            held = self._hidden.label(parent, child)
+            if held is not None:
+                return held, "plain"
         ptype = type(parent)
         if role in ("attrs", "modules") and is_a(parent, dict):
             for key, value in dict_items(parent):

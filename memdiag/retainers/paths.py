@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 
+from memdiag.heap.hidden import HiddenRefs
 from memdiag.retainers.describe import (
     HopLabeller,
     TensorInfo,
@@ -39,6 +40,7 @@ from memdiag.retainers.describe import (
 from memdiag.retainers.model import ROOT_KINDS, Edge
 from memdiag.retainers.roots import RootEnv, Seed
 from memdiag.retainers.scan import Subgraph
+from memdiag.values.readings import pool_of_key
 
 __all__ = ["CHAIN_HEAD", "CHAIN_TAIL", "PathForest", "normalise_label"]
 
@@ -92,12 +94,15 @@ class PathForest:
         targets: Mapping[int, int],
         baseline_ids: Iterable[int] | None,
         nn_module: type | None,
+        hidden: HiddenRefs | None = None,
     ) -> None:
+        self.referents = hidden.referents if hidden else gc.get_referents
+        self.named = hidden.named if hidden else set()
         self.graph = graph
         self.env = env
         self.targets = targets
         self.baseline = frozenset(baseline_ids or ())
-        self.labeller = HopLabeller(nn_module)
+        self.labeller = HopLabeller(nn_module, hidden)
         self.seeds: list[Seed] = []
         self.claim: dict[int, int] = {}  # node -> seed index
         self.order: dict[int, int] = {}  # node -> visiting order
@@ -142,7 +147,7 @@ class PathForest:
         if not wanted or obj is None:
             return []
         out: list[int] = []
-        for ref in gc.get_referents(obj):
+        for ref in self.referents(obj):
             rid = id(ref)
             if rid in wanted and rid in self.graph.nodes and rid not in out:
                 out.append(rid)
@@ -262,7 +267,17 @@ class PathForest:
     def info(self, holder: int) -> TensorInfo:
         found = self._infos.get(holder)
         if found is None:
-            found = self._infos[holder] = tensor_info(self.graph.nodes[holder])
+            key = self.graph.holders.get(holder, 0)
+            obj = self.graph.nodes[holder]
+            if key < 0:  # the owner of a private pool, not a tensor
+                pool = pool_of_key(key) or (0, 0)
+                where = f"{qualname(type(obj))} owning private pool ({pool[0]}, {pool[1]})"
+                found = TensorInfo(
+                    qualname(type(obj)), where, "bytes", "", self.targets.get(key, 0)
+                )
+            else:
+                found = tensor_info(obj)
+            self._infos[holder] = found
         return found
 
     def common_length(self, holders: Sequence[int]) -> int:
@@ -328,6 +343,8 @@ class PathForest:
             if position == count - 1:
                 storage = self.targets.get(self.graph.holders.get(holder, 0), 0)
                 text = self.info(holder).short(storage)
+            elif node in self.named:  # an autograd node or C++ module: its type says it
+                text = qualname(type(obj))
             elif position == 0 and not pseudo and is_a(obj, _PLAIN_AT_ROOT):
                 text = ""
             elif is_a(obj, _NOTABLE):

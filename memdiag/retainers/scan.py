@@ -72,7 +72,9 @@ class _Search:
         key_of: KeyOf,
         root_of: RootOf,
         exclude: set[int],
+        referents: Callable[..., list[object]] = gc.get_referents,
     ) -> None:
+        self.referents = referents
         self.objects = objects
         self.extra = extra
         self.targets = set(targets)
@@ -105,7 +107,7 @@ class _Search:
 
     def first_pass(self) -> None:
         """Backwards over the heap, chunk by chunk."""
-        referents = gc.get_referents
+        referents = self.referents
         objects = self.objects
         exclude = self.exclude
         watch = self.watch
@@ -139,7 +141,7 @@ class _Search:
         Objects visited before a referent of theirs was found in the same chunk are
         visited again, as long as the chunk refers to what was just found.
         """
-        referents = gc.get_referents
+        referents = self.referents
         chunk = self.chunk(index)
         starts = range(0, len(chunk), _SUB)
         if refs is None:
@@ -217,7 +219,7 @@ class _Search:
             self.low, self.high = self.chunk_count, -1
             self.live, self.fresh = self.fresh, set()
             live = self.live
-            referents = gc.get_referents
+            referents = self.referents
             for index in span:
                 refs = referents(*self.chunk(index))
                 if not live.isdisjoint(map(id, refs)):
@@ -240,15 +242,18 @@ def scan_heap(
     root_of: RootOf,
     exclude: set[int],
     extra: Sequence[tuple[object, Callable[[], Iterable[object]]]] = (),
+    referents: Callable[..., list[object]] = gc.get_referents,
 ) -> Subgraph:
     """Holders of ``targets`` and every object between them and a root.
 
     ``objects`` is the heap; ``extra`` are (object, referents function) pairs for roots
     that the heap listing lacks or whose referents gc does not show (executing
     frames); ``key_of`` gives a holder's storage key (``None`` if it has none);
-    ``root_of`` a root kind or ``None``; ``exclude`` ids never to treat as referrers.
+    ``root_of`` a root kind or ``None``; ``exclude`` ids never to treat as referrers;
+    ``referents`` stands in for ``gc.get_referents`` (it adds references held from
+    C++, see :mod:`memdiag.heap.hidden`).
     """
-    search = _Search(objects, extra, targets, holder_types, key_of, root_of, exclude)
+    search = _Search(objects, extra, targets, holder_types, key_of, root_of, exclude, referents)
     exclude.add(id(search))
     try:
         search.first_pass()

@@ -19,6 +19,7 @@ class FindingKind(str, Enum):
     LIVE_TENSORS = "live_tensors"
     GC_FROZEN = "gc_frozen"
     NATIVE = "native"
+    PRIVATE_POOL = "private_pool"
     OUTSIDE_TORCH = "outside_torch"
     OTHER_PROCESS = "other_process"
     ALLOCATOR_CACHE = "allocator_cache"
@@ -46,6 +47,7 @@ _NAMES: dict[FindingKind, tuple[str, str]] = {
     FindingKind.LIVE_TENSORS: ("live tensors created since baseline", "live tensors"),
     FindingKind.GC_FROZEN: ("gc-frozen garbage", "gc-frozen"),
     FindingKind.NATIVE: ("allocated memory held by no Python tensor", "native (no tensor)"),
+    FindingKind.PRIVATE_POOL: ("reserved memory a live private pool keeps", "private pool"),
     FindingKind.OUTSIDE_TORCH: ("memory outside PyTorch", "outside PyTorch"),
     FindingKind.OTHER_PROCESS: ("memory of another process of the tree", "other process"),
     FindingKind.ALLOCATOR_CACHE: ("allocator cache (reserved, not allocated)", "allocator cache"),
@@ -59,6 +61,7 @@ _LEAK_CLASSES = frozenset(
         FindingKind.LIVE_TENSORS,
         FindingKind.GC_FROZEN,
         FindingKind.NATIVE,
+        FindingKind.PRIVATE_POOL,
         FindingKind.OUTSIDE_TORCH,
         FindingKind.OTHER_PROCESS,
         FindingKind.PROCESS_GROUP,

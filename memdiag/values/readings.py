@@ -6,7 +6,23 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DeviceReading", "ProcessUsage"]
+__all__ = ["HOST_PINNED", "DeviceReading", "ProcessUsage", "pool_key", "pool_of_key"]
+
+HOST_PINNED = "host-pinned"
+"""The device name of pinned (page-locked) host memory on CUDA/ROCm builds."""
+
+
+def pool_key(pool: tuple[int, int]) -> int:
+    """A private pool id as a (negative) retainer-target key, apart from storage keys."""
+    return -(1 + (int(pool[0]) << 32) + int(pool[1]))
+
+
+def pool_of_key(key: int) -> tuple[int, int] | None:
+    """The pool id :func:`pool_key` encoded, or ``None`` for a storage key."""
+    if key >= 0:
+        return None
+    value = -key - 1
+    return value >> 32, value & 0xFFFFFFFF
 
 
 @dataclass(frozen=True)

@@ -327,7 +327,9 @@ class LeakCheckManager:
         test = self._test
         if test is not None and test.item is item:
             test.unit_ends = (
-                nextitem is None or unit_of(nextitem, self.scope)[0] != unit_of(item, self.scope)[0]
+                self.scope == "function"
+                or nextitem is None
+                or unit_of(nextitem, self.scope)[0] != unit_of(item, self.scope)[0]
             )
             run = test.run
             if run is not None and run.tracker is not None and not run.disabled:
@@ -374,7 +376,8 @@ class LeakCheckManager:
         run = test.run
         if run is None or run.disabled:
             return
-        drop_test_references(test.item)
+        if run.result is None:  # else the checkpoint did it
+            drop_test_references(test.item)
         if run.scope == "function":
             if run.tracker is None or not test.checked:
                 return
@@ -425,11 +428,13 @@ class LeakCheckManager:
     ) -> None:
         if result is not None:  # known leaks (--gpu-leak-known) are reported, not failed
             result = apply_known(result, self.settings.known, test=run.key)
-        width = max(60, self.config.get_terminal_writer().fullwidth - 4)
-        verbosity = int(self.config.option.verbose)
-        failure = describe.build_failure(
-            result, peaks, blame=blame, width=width, verbosity=verbosity
-        )
+        failure = None
+        if peaks or (result is not None and result.leaked):
+            width = max(60, self.config.get_terminal_writer().fullwidth - 4)
+            verbosity = int(self.config.option.verbose)
+            failure = describe.build_failure(
+                result, peaks, blame=blame, width=width, verbosity=verbosity
+            )
         properties = reporting.attach_payload(
             teardown,
             result,

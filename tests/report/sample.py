@@ -264,6 +264,18 @@ def sample_result() -> CheckResult:
             advice="look for autograd graphs kept by a live output (.detach() what you store)",
         ),
         Finding(
+            kind=FindingKind.PRIVATE_POOL,
+            device="cuda:0",
+            nbytes=130 * MiB,
+            is_leak=True,
+            message=(
+                "130.0 MiB stays reserved in 1 private pool ((1, 0) of CUDAGraph) that a "
+                "live owner keeps; torch.cuda.empty_cache() cannot return it (tolerance "
+                "16.0 MiB)"
+            ),
+            advice="drop the CUDA graph / torch.cuda.MemPool that owns the pool in shutdown",
+        ),
+        Finding(
             kind=FindingKind.OUTSIDE_TORCH,
             device="cuda:0",
             nbytes=300 * MiB,

@@ -35,7 +35,7 @@ def test_one_chart_per_series_group_and_device() -> None:
 
 def test_findings_and_retainer_tree_are_collapsible_and_escaped() -> None:
     html = _html()
-    assert html.count("<details class='finding leak' open>") == 6
+    assert html.count("<details class='finding leak' open>") == 7
     assert html.count("<details class='finding note'>") == 4
     assert "<code>lru_cache of engine.utils.supports_kw</code>" in html
     assert "engine.rope._ROPE_DICT -&gt; [(4096, 128)][0]" in html

@@ -47,6 +47,7 @@ def test_findings_are_leaks_first_then_biggest_first() -> None:
         "LEAK 600.0 MiB other process",
         "LEAK 300.0 MiB outside PyTorch",
         "LEAK 256.0 MiB gc-frozen",
+        "LEAK 130.0 MiB private pool",
         "LEAK 128.0 MiB worker process",
         "LEAK 0 B process group",
         "note 1.0 GiB allocator cache",

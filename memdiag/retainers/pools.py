@@ -1,0 +1,97 @@
+"""Owners of private allocator pools: the Python objects that keep a pool's memory.
+
+A private pool of torch's caching allocator keeps its segments reserved while any
+owner lives, and ``empty_cache()`` cannot return them: a captured
+``torch.cuda.CUDAGraph`` (``g.pool()``), a ``torch.cuda.MemPool`` (``.id``), and
+torch.compile's CUDA graph trees (``CUDAGraphTreeManager.cuda_graphs_thread_pool``,
+whose nodes' graphs share that pool).  A pool with no owner left is freed by the
+next ``empty_cache()``.
+
+Owners are recognised by type (never ``isinstance``, which asks proxies for their
+``__class__``) and read through plain attributes; torch is looked up in
+``sys.modules``, never imported, and nothing here calls into the CUDA runtime.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["live_pools", "owner_types", "pool_of"]
+
+Pool = tuple[int, int]
+
+
+def _subclasses(base: type) -> list[type]:
+    found: list[type] = []
+    stack = [base]
+    while stack:
+        cls = stack.pop()
+        if cls in found:
+            continue
+        found.append(cls)
+        try:
+            stack.extend(type.__subclasses__(cls))
+        except TypeError:
+            continue
+    return found
+
+
+def owner_types() -> list[type]:
+    """Every class whose instances can own a private pool, in this process."""
+    torch: Any = sys.modules.get("torch")
+    if torch is None:
+        return []
+    bases: list[type] = []
+    for name in ("_CUDAGraph", "_MemPool"):
+        base = getattr(getattr(torch, "_C", None), name, None)
+        if isinstance(base, type):
+            bases.append(base)
+    trees = sys.modules.get("torch._inductor.cudagraph_trees")
+    manager = getattr(trees, "CUDAGraphTreeManager", None)
+    if isinstance(manager, type):
+        bases.append(manager)
+    found: list[type] = []
+    for base in bases:
+        found.extend(t for t in _subclasses(base) if t not in found)
+    return found
+
+
+def _as_pool(value: object) -> Pool | None:
+    if type(value) is tuple and len(value) == 2 and all(type(v) is int for v in value):
+        return int(value[0]), int(value[1])
+    return None
+
+
+def pool_of(obj: object) -> Pool | None:
+    """The private pool ``obj`` owns, or ``None`` (uncaptured graph, not an owner)."""
+    tp_name = type(obj).__name__
+    try:
+        if tp_name == "CUDAGraphTreeManager" or hasattr(type(obj), "cuda_graphs_thread_pool"):
+            return _as_pool(obj.__dict__.get("cuda_graphs_thread_pool"))
+        value = getattr(obj, "pool", None)
+        if callable(value):
+            return _as_pool(value())
+        return _as_pool(getattr(obj, "id", None))
+    except Exception:  # noqa: BLE001 - a graph never captured has no pool
+        return None
+
+
+def live_pools(objects: Iterable[object] | None = None) -> dict[Pool, list[str]]:
+    """Pools with a live owner on the heap -> the owners' type names."""
+    types_ = set(owner_types())
+    if not types_:
+        return {}
+    heap = gc.get_objects() if objects is None else list(objects)
+    out: dict[Pool, list[str]] = {}
+    try:
+        for obj in itertools.compress(heap, map(types_.__contains__, map(type, heap))):
+            pool = pool_of(obj)
+            if pool is not None:
+                out.setdefault(pool, []).append(type(obj).__qualname__)
+    finally:
+        del heap
+    return out
