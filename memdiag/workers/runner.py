@@ -244,6 +244,12 @@ def _prepare_module(
         del exc
         return None
     sys.argv = [spec.origin or name, *args]
+    _spec_globals(module, spec)
+    return lambda: code
+
+
+def _spec_globals(module: types.ModuleType, spec: importlib.machinery.ModuleSpec) -> None:
+    """``__main__``'s globals for code found through an import spec, as runpy sets them."""
     _main_globals(
         module,
         __file__=spec.origin,
@@ -252,7 +258,6 @@ def _prepare_module(
         __package__=spec.parent,
         __spec__=spec,
     )
-    return lambda: code
 
 
 def _module_details(name: str) -> tuple[str, importlib.machinery.ModuleSpec, types.CodeType]:
@@ -332,14 +337,7 @@ def _prepare_main_of(
         raise ScriptNotFound(
             f"{value} {what} with no __main__.py; give a script, or -m package"
         ) from None
-    _main_globals(
-        module,
-        __file__=spec.origin,
-        __cached__=spec.cached,
-        __loader__=spec.loader,
-        __package__=spec.parent,
-        __spec__=spec,
-    )
+    _spec_globals(module, spec)
     return lambda: code
 
 

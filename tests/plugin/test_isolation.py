@@ -264,6 +264,8 @@ def test_clean():
 def test_cuda_isolation_fails_exactly_the_leaking_test(
     pytester: pytest.Pytester, isolation: str
 ) -> None:
+    if isolation == "--forked":
+        pytest.importorskip("pytest_forked")  # a dependency of memdiag; absent where not installed
     pytester.makepyfile(test_isolated=CUDA_ISOLATED)
     result = pytester.runpytest_subprocess("--gpu-leak-check", "--gpu-leak-settle=0", isolation)
     result.assert_outcomes(passed=1, failed=1)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from memdiag_pytest.options import OPTIONS
 
-from memdiag.cli import _parser
+from memdiag.cli import _parse
 
 yaml = pytest.importorskip("yaml")
 
@@ -104,11 +104,10 @@ def _memdiag_commands(script: str) -> list[list[str]]:
 def test_every_memdiag_command_parses(workflow: dict[Any, Any]) -> None:
     commands = [c for job in workflow["jobs"].values() for c in _memdiag_commands(_runs(job))]
     assert [c[0] for c in commands] == ["merge", "compare"]
-    parser = _parser()
     for args in commands:
-        parsed = parser.parse_args(args)
+        parsed = _parse(list(args))
         assert parsed.handler is not None
-    compare = parser.parse_args(commands[1])
+    compare = _parse(list(commands[1]))
     assert (compare.base, compare.head, compare.markdown) == (
         "base.json",
         "head.json",
