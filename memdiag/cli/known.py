@@ -6,11 +6,11 @@ import argparse
 import json
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from memdiag.cli.errors import EXIT_OK, CliError
 from memdiag.cli.report import RunReport, read_any
+from memdiag.report.console import plain_console
 from memdiag.report.known import (
     KnownLeaks,
     KnownLeaksError,
@@ -21,7 +21,7 @@ from memdiag.report.known import (
     script_unit,
 )
 from memdiag.report.session import SessionReport
-from memdiag.values.units import format_bytes, parse_size
+from memdiag.values.units import format_bytes, parse_size, plural
 
 __all__ = ["COMMAND", "read_known"]
 
@@ -93,10 +93,10 @@ class KnownCommand:
         show.add_argument("file", help="the known-leaks file")
 
     def run(self, args: argparse.Namespace) -> int:
-        console = Console(highlight=False)
+        console = plain_console()
         if args.action == "show":
             known = read_known(args.file)
-            console.print(f"{args.file}: {len(known.leaks)} known leak(s)")
+            console.print(f"{args.file}: {plural(len(known.leaks), 'known leak')}")
             if known.leaks:
                 console.print(_table(known))
             return EXIT_OK
@@ -133,8 +133,8 @@ class KnownCommand:
             )
         )
         console.print(
-            f"memdiag: wrote {len(known.leaks)} known leak(s) to {args.output}"
-            + (f" ({dropped} fixed leak(s) dropped)" if dropped else "")
+            f"memdiag: wrote {plural(len(known.leaks), 'known leak')} to {args.output}"
+            + (f" ({plural(dropped, 'fixed leak')} dropped)" if dropped else "")
         )
         if known.leaks:
             console.print(_table(known))

@@ -5,10 +5,8 @@ or as Markdown."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from memdiag.cli.errors import EXIT_LEAK, EXIT_OK, CliError
@@ -26,6 +24,7 @@ from memdiag.report.session import SessionReport, is_session_data
 from memdiag.report.session_terminal import render_session
 from memdiag.report.terminal import render_terminal
 from memdiag.values.result import CheckResult
+from memdiag.values.validate import ReportFormatError, read_report_data, result_from_data
 
 __all__ = ["COMMAND", "RunReport", "read_any", "read_report"]
 
@@ -43,44 +42,42 @@ class RunReport:
         return script if isinstance(script, str) else ""
 
 
-def _read_json(path: str) -> Any:
+def read_any(path: str) -> RunReport | SessionReport:
+    """A run or a pytest session report, or the usage error (exit 2) that says why not.
+
+    Every report memdiag reads (report, merge, compare, known) comes through here: the
+    file is checked against the shipped schema first, so a hand-edited, truncated or
+    mangled report is a message naming the file and the field, never a traceback."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = read_report_data(path)
     except FileNotFoundError:
         raise CliError(f"report not found: {path}") from None
     except IsADirectoryError:
         raise CliError(f"{path} is a directory, not a JSON report") from None
-    except UnicodeDecodeError as exc:
-        raise CliError(f"{path} is not a memdiag JSON report: {exc}") from None
+    except ReportFormatError as exc:
+        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CliError(f"{path} is not a memdiag JSON report: {exc}") from None
-    except RecursionError:
-        raise CliError(f"{path} is not a memdiag JSON report: nested too deeply") from None
-    except ValueError as exc:  # an integer of thousands of digits
-        raise CliError(f"{path} is not a memdiag JSON report: {exc}") from None
-
-
-def read_any(path: str) -> RunReport | SessionReport:
-    """A run or a pytest session report, or the usage error (exit 2) that says why not."""
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise CliError(
-            f"{path} is not a memdiag JSON report: the top level is a JSON "
-            f"{type(data).__name__}, not an object"
-        )
     try:
         if is_session_data(data):
             return SessionReport.from_json(data)
         context = data.get("context")
         return RunReport(
-            CheckResult.from_json(data), dict(context) if isinstance(context, dict) else {}
+            result_from_data(data, path), dict(context) if isinstance(context, dict) else {}
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CliError(f"{path} is not a memdiag JSON report: {exc}") from None
+    except ReportFormatError as exc:
+        raise CliError(str(exc)) from None
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        ArithmeticError,
+        RecursionError,
+    ) as exc:  # what the schema cannot rule out (memdiag 0.1's session reports)
+        raise CliError(
+            f"{path} is not a memdiag JSON report: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
 
 
 def read_report(path: str) -> tuple[CheckResult, dict[str, object]]:

@@ -28,6 +28,7 @@ from memdiag.cli.options import (
 )
 from memdiag.cli.stdio import OriginalStdio
 from memdiag.processes.distributed import RankInfo, rank_info, rank_json_path
+from memdiag.report.console import plain_console
 from memdiag.report.json_report import write_json
 from memdiag.report.known import KnownLeaks, apply_known, script_unit
 from memdiag.report.progress import status
@@ -242,7 +243,7 @@ class _Session:
         if notices:
             result = dataclasses.replace(result, notices=(*result.notices, *notices))
         err = self.stdio.stderr()
-        console = Console(file=err, highlight=False, markup=False, emoji=False)
+        console = plain_console(err)
         if rank is not None:
             console.print(f"memdiag: rank {rank.rank} of {rank.world_size} (pid {self.pid})")
         render_terminal(result, console, verbosity=args.verbose)
@@ -264,6 +265,7 @@ class _Session:
         emit_annotations(
             result, main_file=main_file, verbosity=args.verbose, file=self.stdio.stdout()
         )
+        console.file.flush()
         err.flush()
         code = EXIT_LEAK if result.leaked else (EXIT_SCRIPT_FAILED if exit_code else EXIT_OK)
         if code != EXIT_OK and rank is not None and args.json:

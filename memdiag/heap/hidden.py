@@ -36,8 +36,10 @@ from typing import Any
 __all__ = ["HiddenRefs", "find_hidden"]
 
 _CHUNK = 256
-_KINDS: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
-"""What each type is to this module ("" for nothing), kept without keeping types alive."""
+_KINDS: dict[int, tuple[weakref.ReferenceType[type], str]] = {}
+"""What each type is to this module ("" for nothing), keyed by ``id(type)`` and checked
+through a weak reference: types are never kept alive, and never hashed or compared (a
+metaclass' ``__eq__``/``__hash__`` is the program's code)."""
 _SAVED_PREFIX = "_raw_saved_"
 
 
@@ -118,9 +120,9 @@ class _Finder:
 
     # -- classification ------------------------------------------------------------
     def kind(self, tp: type) -> str:
-        known = self.kinds.get(tp)
-        if known is not None:
-            return known
+        known = self.kinds.get(id(tp))
+        if known is not None and known[0]() is tp:
+            return known[1]
         kind = ""
         try:
             if issubclass(tp, self.tensor_type):
@@ -132,7 +134,7 @@ class _Finder:
         except TypeError:
             kind = ""
         try:
-            self.kinds[tp] = kind
+            self.kinds[id(tp)] = (weakref.ref(tp), kind)
         except TypeError:  # a type that refuses weak references: classify it each time
             pass
         return kind
@@ -142,11 +144,15 @@ class _Finder:
         grads: list[object] = []
         scripts: list[object] = []
         found_arrays: list[object] = []
-        # The distinct types first (C speed), then only objects of interesting ones.
-        interesting = {tp for tp in set(map(type, objects)) if self.kind(tp)}
-        if not arrays:
-            interesting = {tp for tp in interesting if self.kind(tp) != "array"}
-        picked = itertools.compress(objects, map(interesting.__contains__, map(type, objects)))
+        # The distinct types first (C speed, keyed by id: a metaclass' __hash__ is never
+        # called), then only objects of interesting ones.
+        types = dict(zip(map(id, map(type, objects)), map(type, objects), strict=True))
+        wanted = {"tensor", "script", "array"} if arrays else {"tensor", "script"}
+        interesting = {key for key, tp in types.items() if self.kind(tp) in wanted}
+        del types
+        picked = itertools.compress(
+            objects, map(interesting.__contains__, map(id, map(type, objects)))
+        )
         for obj in picked if interesting else ():
             kind = self.kind(type(obj))
             if kind == "tensor":

@@ -28,7 +28,7 @@ from rich.text import Text
 
 from memdiag.report.known import KnownLeaks, LeakRecord
 from memdiag.report.session import DeviceNumbers, SessionReport, TestEntry
-from memdiag.values.units import format_bytes
+from memdiag.values.units import format_bytes, plural
 
 __all__ = ["Change", "GateResult", "TestChange", "compare_sessions"]
 
@@ -163,7 +163,7 @@ class GateResult:
             what = ", ".join(
                 f"{counts[c]} {c.value}" for c in Change if c.regression and c in counts
             )
-            return f"FAIL: {len(regressions)} regression(s) in head: {what}"
+            return f"FAIL: {plural(len(regressions), 'regression')} in head: {what}"
         return (
             f"OK: no memory regression in {self.head_tests} checked tests "
             f"(base {self.base_tests}; {self.tolerances()})"
@@ -383,10 +383,11 @@ def compare_sessions(
     only_head = [u for u in after if u not in before]
     if only_base:
         notes.append(
-            f"{len(only_base)} test(s) only in base (removed or not run): " + _few(only_base)
+            f"{plural(len(only_base), 'test')} only in base (removed or not run): "
+            + _few(only_base)
         )
     if only_head:
-        notes.append(f"{len(only_head)} test(s) only in head (new): " + _few(only_head))
+        notes.append(f"{plural(len(only_head), 'test')} only in head (new): " + _few(only_head))
     if base.settings and head.settings and base.settings != head.settings:
         notes.append(f"settings differ: base {base.settings!r}, head {head.settings!r}")
     return GateResult(

@@ -17,7 +17,7 @@ from memdiag.report.compare import Comparison
 from memdiag.report.gate import Change, GateResult, TestChange
 from memdiag.report.session import SessionReport
 from memdiag.values.result import CheckResult
-from memdiag.values.units import format_bytes
+from memdiag.values.units import format_bytes, plural
 
 __all__ = [
     "MAX_ROWS",
@@ -106,10 +106,10 @@ def comparison_markdown(comparison: Comparison, *, title: str = "memdiag: memory
     """Two ``memdiag run`` reports, per device."""
     icon = ":x:" if comparison.worse else ":white_check_mark:"
     verdict = (
-        f"FAIL: head is worse than base on {sum(1 for d in comparison.devices if d.reasons())} "
-        "device(s)"
+        "FAIL: head is worse than base on "
+        + plural(sum(1 for d in comparison.devices if d.reasons()), "device")
         if comparison.worse
-        else f"OK: head is not worse than base on {len(comparison.devices)} device(s)"
+        else f"OK: head is not worse than base on {plural(len(comparison.devices), 'device')}"
     )
     lines = [f"### {title}", "", f"{icon} **{verdict}**", ""]
     header = [

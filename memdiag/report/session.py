@@ -26,6 +26,7 @@ from typing import Any
 from memdiag.report.known import LeakRecord, known_records, leak_records
 from memdiag.values.result import SCHEMA_VERSION, CheckResult
 from memdiag.values.units import format_bytes
+from memdiag.values.validate import LEGACY_SESSION_SCHEMA
 
 __all__ = [
     "SESSION_REPORT",
@@ -43,7 +44,7 @@ __all__ = [
 
 SESSION_REPORT = "pytest-session"
 """The ``report`` field of a session report."""
-_LEGACY_SCHEMA = "memdiag-pytest/1"
+_LEGACY_SCHEMA = LEGACY_SESSION_SCHEMA
 
 
 @dataclass(frozen=True)

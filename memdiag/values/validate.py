@@ -17,7 +17,13 @@ from typing import Any
 
 from memdiag.values.result import CheckResult
 
-__all__ = ["ReportFormatError", "check_report", "read_report_data", "result_from_data"]
+__all__ = [
+    "LEGACY_SESSION_SCHEMA",
+    "ReportFormatError",
+    "check_report",
+    "read_report_data",
+    "result_from_data",
+]
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
@@ -33,6 +39,9 @@ _ARTICLE = {"object": "an object", "array": "an array", "integer": "an integer"}
 _LARGEST = 2**63
 """No byte count, pid or duration in a report is larger."""
 
+LEGACY_SESSION_SCHEMA = "memdiag-pytest/1"
+"""The ``schema`` key of memdiag 0.1's pytest session report (no ``schema_version``)."""
+
 
 class ReportFormatError(ValueError):
     """A file that is not a readable memdiag JSON report; the message says why."""
@@ -46,6 +55,12 @@ def _schema() -> dict[str, Any]:
     )
     loaded: dict[str, Any] = json.loads(text)
     return loaded
+
+
+def _schema_version() -> Any:
+    """The ``schema_version`` this memdiag reads (the run report's constant)."""
+    run = _schema().get("$defs", {}).get("run_report", _schema())
+    return run.get("properties", {}).get("schema_version", {}).get("const", 1)
 
 
 def _describe(value: Any) -> str:
@@ -87,6 +102,22 @@ def _check(value: Any, schema: dict[str, Any], where: str) -> None:
             **{k: v for k, v in schema.items() if k != "$ref"},
         }
     field = where or "the report"
+    if isinstance(schema.get("if"), dict):
+        branch = "then" if _matches(value, schema["if"], where) else "else"
+        if isinstance(schema.get(branch), dict):
+            _check(value, schema[branch], where)
+    any_of = schema.get("anyOf")
+    if isinstance(any_of, list) and any_of:
+        errors: list[ReportFormatError] = []
+        for option in any_of:
+            try:
+                _check(value, option, where)
+                break
+            except ReportFormatError as exc:
+                errors.append(exc)
+        else:
+            # The option whose error reaches deepest is the one the data meant.
+            raise max(errors, key=lambda e: len(str(e).split(" ", 1)[0]))
     types = schema.get("type")
     if types is not None:
         names = [types] if isinstance(types, str) else list(types)
@@ -122,16 +153,23 @@ def _check(value: Any, schema: dict[str, Any], where: str) -> None:
             _check(item, schema["items"], _path(where, index))
 
 
+def _matches(value: Any, schema: dict[str, Any], where: str) -> bool:
+    try:
+        _check(value, schema, where)
+    except ReportFormatError:
+        return False
+    return True
+
+
 def check_report(data: Any) -> None:
     """Raise :class:`ReportFormatError` naming the first field that does not match the
     report's schema (types, required fields, enums, ``schema_version``)."""
     if not isinstance(data, dict):
         raise ReportFormatError(f"the top level must be an object, not {_describe(data)}")
-    properties = _schema().get("properties")
-    if not isinstance(properties, dict) or "schema_version" not in properties:
-        return  # a schema layout this validator does not read: building the result checks
+    if data.get("schema") == LEGACY_SESSION_SCHEMA and "schema_version" not in data:
+        return  # memdiag 0.1's session report: no schema; building it checks each field
     version = data.get("schema_version")
-    expected = properties["schema_version"].get("const", 1)
+    expected = _schema_version()
     if version != expected:
         raise ReportFormatError(
             f"schema_version {version!r} is not supported (this memdiag reads {expected})"

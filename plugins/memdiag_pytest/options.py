@@ -189,7 +189,8 @@ class Settings:
 
         tolerance = describe_tolerances(self.tolerance, DEFAULT_TOLERANCE)
         isolated = "" if self.isolate == "none" else f", each test in a {self.isolate}ed process"
-        known = f", {len(self.known.leaks)} known leak(s)" if self.known is not None else ""
+        count = len(self.known.leaks) if self.known is not None else 0
+        known = f", {count} known leak{'' if count == 1 else 's'}" if self.known is not None else ""
         return (
             f"{self.scope} scope, tolerance {tolerance}, settle {self.settle:g} s{isolated}{known}"
         )

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from memdiag.values.units import format_bytes
+from memdiag.values.units import format_bytes, plural
 
 from .failure import LeakFailure, LeakRepr
 
@@ -99,7 +99,7 @@ class ResultsCollector:
         if known:
             size = format_bytes(sum(int(leak.get("bytes", 0)) for _, leak in known))
             tr.write_line(
-                f"memdiag: {len(known)} known leak(s) ({size}) reported, not failed "
+                f"memdiag: {plural(len(known), 'known leak')} ({size}) reported, not failed "
                 f"(--gpu-leak-known): {', '.join(str(e['nodeid']) for e, _ in known[:3])}"
                 + (" ..." if len(known) > 3 else "")
             )

@@ -168,7 +168,7 @@ def test_exit_codes(
         (["-c"], "argument -c: expected one argument"),
         ([], "give a script, -m module or -c code"),
         (["."], "is a directory with no __main__.py; give a script, or -m package"),
-        (["--settle", "soon", "x.py"], "argument --settle: invalid float value: 'soon'"),
+        (["--settle", "soon", "x.py"], "--settle 'soon' is not a number of seconds"),
         (["--no-such-option", "x.py"], "unrecognized arguments: --no-such-option"),
     ],
 )

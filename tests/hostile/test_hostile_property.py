@@ -261,11 +261,6 @@ def _mutate(data: dict[str, Any], rng: random.Random) -> str:
     return json.dumps(data)
 
 
-@pytest.mark.xfail(
-    reason="main's new run/session report loader (cli/report.read_any) does not yet use "
-    "memdiag.values.validate for every field; see notes-hostile.md",
-    strict=False,
-)
 def test_random_report_mutations_never_crash_report_merge_or_compare(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

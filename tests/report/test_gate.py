@@ -166,11 +166,11 @@ def test_compare_fails_naming_the_new_leak_and_the_doubled_peak(
         "test_a.cached_weights" in out
     )
     assert f"regression: {PEAK}: peak on cpu grew 8.0 MiB -> 16.0 MiB over baseline" in out
-    assert "FAIL: 2 regression(s) in head: 1 new leak, 1 peak grew" in out
+    assert "FAIL: 2 regressions in head: 1 new leak, 1 peak grew" in out
     # Sorted by impact: the 8 MiB peak growth before the 4 MiB leak.
     assert out.index(f"regression: {PEAK}") < out.index(f"regression: {LEAK}")
     text = markdown.read_text()
-    assert ":x: **FAIL: 2 regression(s) in head" in text
+    assert ":x: **FAIL: 2 regressions in head" in text
     assert f"| **new leak** | `{LEAK}` | cpu | - | 4.0 MiB | +4.0 MiB |" in text
     assert f"| **peak grew** | `{PEAK}` | cpu | 8.0 MiB | 16.0 MiB | +8.0 MiB |" in text
 
@@ -191,7 +191,7 @@ def test_known_leak_is_reported_and_only_the_peak_fails(
     args = ["compare", str(sessions["base"]), str(sessions["head"]), "--known", str(known)]
     code, out = _run(capsys, *args)
     assert code == 1, out
-    assert "FAIL: 1 regression(s) in head: 1 peak grew" in out
+    assert "FAIL: 1 regression in head: 1 peak grew" in out
     assert f"regression: {PEAK}" in out
     assert f"regression: {LEAK}" not in out
     assert "known leak" in out
@@ -202,7 +202,7 @@ def test_known_leak_is_reported_and_only_the_peak_fails(
     code, out = _run(capsys, *args, "--peak-tolerance-pct", "200")
     assert code == 1, out
     assert f"regression: {LEAK}: known leak on cpu grew to 4.0 MiB, recorded 1.0 MiB" in out
-    assert "FAIL: 1 regression(s) in head: 1 known leak grew" in out
+    assert "FAIL: 1 regression in head: 1 known leak grew" in out
 
 
 def test_pytest_with_the_known_file_passes_the_known_leak(
@@ -215,7 +215,7 @@ def test_pytest_with_the_known_file_passes_the_known_leak(
         sessions["head_dir"], "test_a.py", f"--gpu-leak-known={known}", f"--gpu-leak-json={report}"
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "memdiag: 1 known leak(s) (4.0 MiB) reported, not failed" in done.stdout
+    assert "memdiag: 1 known leak (4.0 MiB) reported, not failed" in done.stdout
     data = json.loads(report.read_text())
     assert (data["leaked"], data["totals"]["known"]) == (False, 1)
     # The gate agrees with the run's own verdict on it, without --known.

@@ -235,12 +235,12 @@ def test_gate_judges_every_kind_of_change() -> None:
         ("t::grew", Change.LEAK_GREW),
         ("t::new", Change.NEW_LEAK),
     ]
-    assert gate.verdict() == "FAIL: 3 regression(s) in head: 1 new leak, 1 leak grew, 1 peak grew"
+    assert gate.verdict() == "FAIL: 3 regressions in head: 1 new leak, 1 leak grew, 1 peak grew"
     moved = next(c for c in gate.changes if c.test == "t::moved")
     assert moved.detail == "held by dict (base: lru)"
     assert gate.notes == (
-        "1 test(s) only in base (removed or not run): t::removed",
-        "2 test(s) only in head (new): t::known, t::new",
+        "1 test only in base (removed or not run): t::removed",
+        "2 tests only in head (new): t::known, t::new",
         "settings differ: base 'a', head 'b'",
     )
     out = io.StringIO()
