@@ -191,7 +191,7 @@ def run_markdown(result: CheckResult, *, name: str = "") -> str:
             f.device,
             _size(f.nbytes),
             f.kind.title,
-            str(f.retainers[0].get("chain_text", "")) if f.retainers else f.message,
+            f.retainers[0].chain_text() if f.retainers else f.message,
         ]
         for f in result.findings
     ]

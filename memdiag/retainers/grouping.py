@@ -27,8 +27,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from memdiag.heap.view import HeapView
 from memdiag.retainers.describe import qualname, type_name
 from memdiag.retainers.known import IgnoreRule, KnownRetention, match_ignore, match_known
-from memdiag.retainers.model import Edge, RetainerGroup, RetainerReport
+from memdiag.retainers.model import RetainerReport
 from memdiag.retainers.paths import PSEUDO_KINDS, PathForest
+from memdiag.values.retainers import Edge, RetainerGroup
 from memdiag.values.units import format_bytes
 
 __all__ = ["assemble", "no_tensor_group", "signature"]

@@ -31,7 +31,7 @@ from memdiag.retainers.describe import (
     key_text,
     type_name,
 )
-from memdiag.retainers.model import ROOT_KINDS
+from memdiag.values.retainers import ROOT_KINDS
 
 __all__ = ["RootEnv", "Seed", "ThreadStack", "capture_threads", "own_frame_ids"]
 
