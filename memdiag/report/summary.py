@@ -59,7 +59,7 @@ def leak_line(result: CheckResult) -> str:
     held = held_by(top)
     return (
         f"{top.device}: {format_bytes(on_device)} over baseline{tolerance}, "
-        f"{top.kind.title}{'; ' + held if held else ''}{extra}"
+        f"{top.kind.heading}{'; ' + held if held else ''}{extra}"
     )
 
 
@@ -69,7 +69,7 @@ def finding_lines(findings: Iterable[Finding], *, groups: int = 3) -> list[str]:
     lines: list[str] = []
     for finding in findings:
         label = "LEAK" if finding.is_leak else "note"
-        lines.append(f"{label} [{finding.kind.title}] {finding.headline()}")
+        lines.append(f"{label} [{finding.kind.heading}] {finding.headline()}")
         lines.extend(f"    held by: {g.chain_text()}" for g in finding.retainers[:groups])
     return lines
 

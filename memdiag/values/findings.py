@@ -30,7 +30,8 @@ class FindingKind(str, Enum):
     WORKER = "worker"
 
     @property
-    def title(self) -> str:  # type: ignore[override]  # str.title is not used on kinds
+    def heading(self) -> str:
+        """The class in words, for messages (``live tensors created since baseline``)."""
         return _NAMES[self][0]
 
     @property

@@ -120,7 +120,7 @@ class CheckResult:
         chain = top.retainers[0].chain_text() if top.retainers else None
         if chain:
             return (
-                f"{amount}; top: {format_bytes(top.nbytes)} of {top.kind.title} on "
+                f"{amount}; top: {format_bytes(top.nbytes)} of {top.kind.heading} on "
                 f"{top.device}, held by {chain}"
             )
         return f"{amount}; top: {top.headline()}"
