@@ -12,6 +12,7 @@ from memdiag.report.console import plain_console
 from memdiag.report.json_report import write_json
 from memdiag.report.session import SessionReport, merge_sessions, write_session_report
 from memdiag.report.session_terminal import render_session
+from memdiag.report.summary import finding_lines
 from memdiag.report.terminal import render_terminal
 from memdiag.values.units import format_bytes
 from memdiag.workers.merge import (
@@ -87,11 +88,8 @@ class MergeCommand:
         if args.verbose:
             render_terminal(result, console, verbosity=args.verbose - 1)
         else:
-            for finding in result.findings:
-                label = "LEAK" if finding.is_leak else "note"
-                console.print(f"{label} [{finding.kind.title}] {finding.headline()}", markup=False)
-                for group in finding.retainers[:3]:
-                    console.print(f"    held by: {group.get('chain_text', '')}", markup=False)
+            for line in finding_lines(result.findings):
+                console.print(line, markup=False)
         console.print(_rank_table(rows))
         leaked = [row for row in rows if row.leaked]
         if leaked:

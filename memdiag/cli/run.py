@@ -234,11 +234,7 @@ class _Session:
     ) -> int:
         args, target, rank = self.args, self.target, self.rank
         result = apply_known(result, self.known, test=script_unit(target.display))
-        if any(
-            "__main__." in str(g.get("chain_text", ""))
-            for f in result.findings
-            for g in f.retainers
-        ):
+        if any("__main__." in g.chain_text() for f in result.findings for g in f.retainers):
             notices = (*notices, f"`__main__` in the chains is {target.display}")
         if notices:
             result = dataclasses.replace(result, notices=(*result.notices, *notices))

@@ -111,7 +111,7 @@ def ledger_deaths() -> int:
     return _DEATHS[0]
 
 
-class StorageRef(weakref.ref):  # type: ignore[type-arg]
+class StorageRef(weakref.ref[Any]):
     """A weak reference to a storage that remembers its device and size."""
 
     __slots__ = ("device", "nbytes")

@@ -33,6 +33,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from memdiag.heap.introspect import defines, instance_dict, subclasses
+
 __all__ = ["HiddenRefs", "find_hidden"]
 
 _CHUNK = 256
@@ -129,7 +131,7 @@ class _Finder:
                 kind = "tensor"
             elif self.script_type is not None and issubclass(tp, self.script_type):
                 kind = "script"
-            elif _defines(tp, "__cuda_array_interface__") or _defines(tp, "__array_interface__"):
+            elif defines(tp, "__cuda_array_interface__") or defines(tp, "__array_interface__"):
                 kind = "array"
         except TypeError:
             kind = ""
@@ -261,7 +263,7 @@ class _Finder:
 
     # -- TorchScript -------------------------------------------------------------------
     def script_module(self, wrapper: object) -> None:
-        own = _instance_dict(wrapper)
+        own = instance_dict(wrapper)
         c = own.get("_c") if own is not None else None
         if c is None or self.c_script_type is None or not isinstance(c, self.c_script_type):
             return
@@ -311,7 +313,7 @@ class _Finder:
         base = getattr(numpy, "ndarray", None)
         if not isinstance(base, type):
             return []
-        wanted = set(_subclasses(base))
+        wanted = set(subclasses(base))
         found: dict[int, object] = {}
         containers: dict[int, object] = {}
         holder_types = {dict, tuple}
@@ -379,46 +381,6 @@ class _Finder:
             if start <= pointer < end:
                 return storage
         return None
-
-
-def _instance_dict(obj: object) -> dict[str, Any] | None:
-    """The instance ``__dict__`` read through the type's descriptor: no user
-    ``__getattr__`` or property runs (see :mod:`memdiag.retainers.describe`)."""
-    try:
-        mro = type.__dict__["__mro__"].__get__(type(obj))
-    except Exception:  # noqa: BLE001
-        return None
-    for klass in mro:
-        descriptor = type.__dict__["__dict__"].__get__(klass).get("__dict__")
-        if descriptor is None:
-            continue
-        try:
-            value = descriptor.__get__(obj, type(obj))
-        except Exception:  # noqa: BLE001
-            return None
-        return value if type(value) is dict else None
-    return None
-
-
-def _defines(tp: type, name: str) -> bool:
-    try:
-        mro = type.__dict__["__mro__"].__get__(tp)
-    except Exception:  # noqa: BLE001
-        return False
-    return any(name in type.__dict__["__dict__"].__get__(k) for k in mro)
-
-
-def _subclasses(base: type) -> list[type]:
-    found: list[type] = []
-    stack = [base]
-    while stack:
-        cls = stack.pop()
-        found.append(cls)
-        try:
-            stack.extend(type.__subclasses__(cls))
-        except TypeError:
-            continue
-    return found
 
 
 def _requires_grad(tensor: Any, disable: Any) -> bool:

@@ -138,4 +138,5 @@ def _call_in_fork(fn: Callable[[HeapView], T], timeout: float) -> T:
     kind, value = pickle.loads(b"".join(chunks))
     if kind != "ok":
         raise HeapError(f"the heap walk failed in the forked child:\n{value}")
-    return value  # type: ignore[no-any-return]
+    result: T = value  # unpickled from the child, which ran fn
+    return result

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 
-from memdiag.report.facts import GroupView, groups_of
+from memdiag.report.facts import groups_of
 from memdiag.values.findings import Finding
+from memdiag.values.retainers import RetainerGroup
 
 __all__ = ["advice_for", "advice_for_group"]
 
@@ -29,9 +30,9 @@ def _short(qualified: str) -> str:
     return qualified.rsplit(".", 1)[-1]
 
 
-def advice_for_group(group: GroupView) -> str:
+def advice_for_group(group: RetainerGroup) -> str:
     """What to change so that this retainer lets go; ``""`` when nothing specific fits."""
-    first = group.hops[0] if group.hops else None
+    first = group.chain[0] if group.chain else None
     kind, root = group.root_kind, group.root_name
     if group.known:
         return f"expected: {group.known} keeps this for the process' life"
@@ -47,7 +48,7 @@ def advice_for_group(group: GroupView) -> str:
     if kind == "lru_cache":
         fn = _short(root.removeprefix("lru_cache of "))
         text = f"call `{fn}.cache_clear()` in shutdown"
-        held = group.suspect_text if group.suspect_index else group.suspect_hop
+        held = group.suspect_text() if group.suspect_index else group.suspect_hop()
         if held:
             text += f", or key it on values that do not hold the engine ({held})"
         return text

@@ -1,24 +1,16 @@
-"""What every renderer shows, computed once: ordered findings, retainer groups read
-defensively from their JSON form, timeline points per device, leaked and peak bytes.
-
-Retainer groups reach a finding as plain dicts (``RetainerGroup.to_json()``); this
-module reads them with ``.get`` so that a report written by an older or newer
-memdiag still renders.
-"""
+"""What every renderer shows, computed once: ordered findings, retainer groups in
+order, timeline points per device, leaked and peak bytes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from memdiag.values.findings import Finding, FindingKind
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult
-from memdiag.values.units import plural
+from memdiag.values.retainers import RetainerGroup
 
 __all__ = [
-    "GroupView",
-    "Hop",
     "Point",
     "device_points",
     "groups_of",
@@ -46,111 +38,19 @@ def ordered_findings(result: CheckResult) -> list[Finding]:
     return sorted(result.findings, key=lambda f: (not f.is_leak, -f.nbytes, f.device, f.kind.value))
 
 
-@dataclass(frozen=True)
-class Hop:
-    """One edge of an example chain: how it is referred to, and what it reaches."""
-
-    label: str
-    type_name: str
-    node: str
-
-    def text(self) -> str:
-        what = self.node or self.type_name.rsplit(".", 1)[-1]
-        return f"{self.label} -> {what}" if self.label else what
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _str(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-@dataclass(frozen=True)
-class GroupView:
-    """A retainer group as renderers need it, read from its JSON dict."""
-
-    root_kind: str
-    root_name: str
-    retained_bytes: int
-    tensor_count: int
-    storage_count: int
-    chain_text: str
-    hops: tuple[Hop, ...]
-    suspect_index: int | None
-    alloc_site: str
-    known: str
-    note: str
-    frozen: bool
-    signature: str
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> GroupView:
-        chain = data.get("chain") or ()
-        hops = tuple(
-            Hop(_str(e.get("label")), _str(e.get("type_name")), _str(e.get("node")))
-            for e in chain
-            if isinstance(e, dict)
-        )
-        suspect = data.get("suspect_index")
-        root = _str(data.get("root_name")) or "?"
-        return cls(
-            root_kind=_str(data.get("root_kind")) or "unknown",
-            root_name=root,
-            retained_bytes=_int(data.get("retained_bytes")),
-            tensor_count=_int(data.get("tensor_count")),
-            storage_count=_int(data.get("storage_count")),
-            chain_text=_str(data.get("chain_text")) or root,
-            hops=hops,
-            suspect_index=suspect
-            if isinstance(suspect, int) and 0 <= suspect < len(hops)
-            else None,
-            alloc_site=_str(data.get("alloc_site")),
-            known=_str(data.get("known")),
-            note=_str(data.get("note")),
-            frozen=bool(data.get("frozen", False)),
-            signature=_str(data.get("signature")),
-        )
-
-    @property
-    def suspect_text(self) -> str:
-        """The reference to cut, ``cache key -> bound method Model.forward``; ``""`` when
-        unknown or when it is the chain's last hop (the chain already says it)."""
-        if self.suspect_index is None or self.suspect_index == len(self.hops) - 1:
-            return ""
-        hop = self.hops[self.suspect_index]
-        before = self.hops[self.suspect_index - 1] if self.suspect_index else None
-        source = (before.node or before.label or before.type_name) if before else self.root_name
-        return f"{source} -> {hop.text()}"
-
-    @property
-    def suspect_hop(self) -> str:
-        """Just the suspect reference, ``cache key -> bound method Model.forward``."""
-        if self.suspect_index is None or self.suspect_index == len(self.hops) - 1:
-            return ""
-        return self.hops[self.suspect_index].text()
-
-    def counts_text(self) -> str:
-        tensors = plural(self.tensor_count, "tensor")
-        if self.storage_count and self.storage_count != self.tensor_count:
-            tensors += f", {plural(self.storage_count, 'storage')}"
-        return tensors
-
-
-def groups_of(finding: Finding) -> list[GroupView]:
+def groups_of(finding: Finding) -> list[RetainerGroup]:
     """The finding's retainer groups, most retained bytes first."""
-    groups = [GroupView.from_json(g) for g in finding.retainers if isinstance(g, dict)]
-    return sorted(groups, key=lambda g: (-g.retained_bytes, g.root_name))
+    return sorted(finding.retainers, key=lambda g: (-g.retained_bytes, g.root_name))
 
 
-def unrooted_groups(result: CheckResult) -> list[GroupView]:
+def unrooted_groups(result: CheckResult) -> list[RetainerGroup]:
     """Storages no Python root reaches, from the analysis section."""
-    raw = result.analysis.get("unrooted") or ()
-    groups = [GroupView.from_json(g) for g in raw if isinstance(g, dict)]
+    raw = result.analysis.get("unrooted")
+    groups = [
+        RetainerGroup.from_json(g)
+        for g in (raw if isinstance(raw, list) else ())
+        if isinstance(g, dict)
+    ]
     return sorted(groups, key=lambda g: (-g.retained_bytes, g.root_name))
 
 

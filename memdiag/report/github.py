@@ -91,7 +91,7 @@ def _leak_annotations(
         advice = advice_for_group(group) or finding.advice
         message = (
             f"{finding.device}: {format_bytes(group.retained_bytes)} in {group.counts_text()} "
-            f"kept alive by {group.chain_text}"
+            f"kept alive by {group.chain_text()}"
         )
         if location is not None and location.what:
             message += f"\n(at {location.what})"

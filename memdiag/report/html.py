@@ -12,7 +12,6 @@ from typing import Any, TextIO
 
 from memdiag.report.advice import advice_for, advice_for_group
 from memdiag.report.facts import (
-    GroupView,
     device_points,
     groups_of,
     kind_label,
@@ -22,6 +21,7 @@ from memdiag.report.facts import (
 from memdiag.report.timeline import ALLOCATOR_SERIES, DRIVER_SERIES, timeline_svg
 from memdiag.values.findings import Finding
 from memdiag.values.result import SCHEMA_VERSION, CheckResult
+from memdiag.values.retainers import RetainerGroup
 from memdiag.values.units import format_bytes, plural
 
 __all__ = ["HtmlReport"]
@@ -116,9 +116,9 @@ def _device_section(result: CheckResult, device: str) -> str:
     )
 
 
-def _chain(group: GroupView) -> str:
+def _chain(group: RetainerGroup) -> str:
     items = [f"<li><code>{_e(group.root_name)}</code> <span class='meta'>root</span></li>"]
-    for index, hop in enumerate(group.hops):
+    for index, hop in enumerate(group.chain):
         if not (hop.label or hop.node) and index != group.suspect_index:
             continue  # an instance __dict__ or a container the next label names
         cls = " class='suspect'" if index == group.suspect_index else ""
@@ -127,14 +127,14 @@ def _chain(group: GroupView) -> str:
     return f"<ol class='chain'>{''.join(items)}</ol>"
 
 
-def _group(group: GroupView, *, open_: bool, shown_advice: str = "") -> str:
+def _group(group: RetainerGroup, *, open_: bool, shown_advice: str = "") -> str:
     parts = [
         f"<li><details{' open' if open_ else ''}><summary>"
         f"<span class='bytes'>{_e(format_bytes(group.retained_bytes))}</span> "
         f"<code>{_e(group.root_name)}</code> "
         f"<span class='meta'>[{_e(group.root_kind)}, {_e(group.counts_text())}]</span>"
         "</summary><ul>"
-        f"<li>example chain: <code>{_e(group.chain_text)}</code>{_chain(group)}</li>"
+        f"<li>example chain: <code>{_e(group.chain_text())}</code>{_chain(group)}</li>"
     ]
     if group.alloc_site:
         parts.append(f"<li>allocated at <code>{_e(group.alloc_site)}</code></li>")
@@ -151,7 +151,7 @@ def _group(group: GroupView, *, open_: bool, shown_advice: str = "") -> str:
     return "".join(parts)
 
 
-def _tree(groups: list[GroupView], heading: str, shown_advice: str = "") -> str:
+def _tree(groups: list[RetainerGroup], heading: str, shown_advice: str = "") -> str:
     total = format_bytes(sum(g.retained_bytes for g in groups))
     body = "".join(_group(g, open_=i == 0, shown_advice=shown_advice) for i, g in enumerate(groups))
     return (

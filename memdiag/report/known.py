@@ -116,14 +116,12 @@ def device_type(device: str) -> str:
 
 def leak_signature(finding: Finding, test: str) -> LeakSignature:
     """The signature of one finding of the run ``test``."""
-    groups = [g for g in finding.retainers if isinstance(g, Mapping)]
-    sigs = sorted({str(g.get("signature")) for g in groups if g.get("signature")})
+    sigs = sorted({g.signature for g in finding.retainers if g.signature})
     retainer = hashlib.sha1("\x1f".join(sigs).encode()).hexdigest()[:12] if sigs else ""
     roots: list[str] = []
-    for group in sorted(groups, key=lambda g: -_int(g.get("retained_bytes"))):
-        root = str(group.get("root_name") or "")
-        if root and root not in roots:
-            roots.append(root)
+    for group in sorted(finding.retainers, key=lambda g: -g.retained_bytes):
+        if group.root_name and group.root_name not in roots:
+            roots.append(group.root_name)
     return LeakSignature(
         test, finding.kind.value, device_type(finding.device), retainer, tuple(roots)
     )

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from memdiag.report.facts import GroupView
+from memdiag.values.retainers import RetainerGroup
 
 __all__ = ["Location", "find_definition", "locate_group", "module_file", "parse_site"]
 
@@ -90,7 +90,7 @@ def _split(qualified: str, main_file: str | None) -> tuple[Path, list[str]] | No
     return None
 
 
-def _definition(group: GroupView, main_file: str | None) -> Location | None:
+def _definition(group: RetainerGroup, main_file: str | None) -> Location | None:
     kind, root = group.root_kind, group.root_name
     if kind == "thread":
         match = _THREAD.search(root)
@@ -119,7 +119,7 @@ def _definition(group: GroupView, main_file: str | None) -> Location | None:
     return Location(str(path), attr or owner, ".".join(names))
 
 
-def locate_group(group: GroupView, *, main_file: str | None = None) -> Location | None:
+def locate_group(group: RetainerGroup, *, main_file: str | None = None) -> Location | None:
     """The allocation site when recorded, else the root's definition; ``None`` if unknown."""
     if group.alloc_site:
         site = parse_site(group.alloc_site)

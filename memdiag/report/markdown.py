@@ -190,8 +190,8 @@ def run_markdown(result: CheckResult, *, name: str = "") -> str:
             "**leak**" if f.is_leak else "note",
             f.device,
             _size(f.nbytes),
-            f.kind.title,
-            str(f.retainers[0].get("chain_text", "")) if f.retainers else f.message,
+            f.kind.heading,
+            f.retainers[0].chain_text() if f.retainers else f.message,
         ]
         for f in result.findings
     ]

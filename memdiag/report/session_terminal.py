@@ -10,6 +10,7 @@ from rich.text import Text
 
 from memdiag.report.facts import limit_for
 from memdiag.report.session import SessionReport, TestEntry
+from memdiag.report.summary import finding_lines
 from memdiag.values.units import format_bytes
 
 __all__ = ["render_session"]
@@ -77,10 +78,8 @@ def render_session(report: SessionReport, console: Console, *, verbosity: int = 
             if result is None:
                 continue
             console.print(Text(f"{_label(entry)}:", style="bold"), soft_wrap=True)
-            for finding in result.leaks:
-                console.print(f"  LEAK [{finding.kind.title}] {finding.headline()}", markup=False)
-                for group in finding.retainers[:3]:
-                    console.print(f"    held by: {group.get('chain_text', '?')}", markup=False)
+            for line in finding_lines(result.leaks):
+                console.print(f"  {line}", markup=False)
         peaks = _peaks(report, 10)
         if peaks:
             table = _table("highest peaks over baseline", "test", "device", "peak")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterable
 
 from memdiag.report.console import plain_console
 from memdiag.report.terminal import render_terminal
@@ -16,15 +17,13 @@ from memdiag.values.findings import Finding, FindingKind
 from memdiag.values.result import CheckResult
 from memdiag.values.units import format_bytes
 
-__all__ = ["held_by", "leak_line", "render_text", "signature"]
+__all__ = ["finding_lines", "held_by", "leak_line", "render_text", "signature"]
 
 
 def held_by(finding: Finding) -> str:
     """The top retainer of a finding, or the best description there is without one."""
-    for group in finding.retainers:
-        chain = group.get("chain_text")
-        if chain:
-            return f"held by {chain}"
+    if finding.retainers:
+        return f"held by {finding.retainers[0].chain_text()}"
     if finding.tensors:
         prefix = "held only by gc-frozen objects: " if finding.kind is FindingKind.GC_FROZEN else ""
         return prefix + finding.tensors[0].describe()
@@ -40,9 +39,8 @@ def signature(result: CheckResult) -> str:
         return ""
     top = max(leaks, key=lambda f: f.nbytes)
     for group in top.retainers:
-        sig = group.get("signature")
-        if sig:
-            return str(sig)
+        if group.signature:
+            return group.signature
     device_type = top.device.split(":")[0]
     shapes = sorted(f"{'x'.join(map(str, g.example.shape))}/{g.example.dtype}" for g in top.tensors)
     text = "|".join([top.kind.value, device_type, *shapes])
@@ -60,8 +58,19 @@ def leak_line(result: CheckResult) -> str:
     held = held_by(top)
     return (
         f"{top.device}: {format_bytes(on_device)} over baseline{tolerance}, "
-        f"{top.kind.title}{'; ' + held if held else ''}{extra}"
+        f"{top.kind.heading}{'; ' + held if held else ''}{extra}"
     )
+
+
+def finding_lines(findings: Iterable[Finding], *, groups: int = 3) -> list[str]:
+    """A line per finding (``LEAK [class] device: message``, ``note [...] ...``), each
+    followed by the chains of its first ``groups`` retainers (``    held by: ...``)."""
+    lines: list[str] = []
+    for finding in findings:
+        label = "LEAK" if finding.is_leak else "note"
+        lines.append(f"{label} [{finding.kind.heading}] {finding.headline()}")
+        lines.extend(f"    held by: {g.chain_text()}" for g in finding.retainers[:groups])
+    return lines
 
 
 def render_text(result: CheckResult, *, width: int, verbosity: int) -> str:

@@ -17,7 +17,6 @@ from rich.tree import Tree
 from memdiag.report.advice import advice_for
 from memdiag.report.console import plain_console
 from memdiag.report.facts import (
-    GroupView,
     Point,
     device_points,
     groups_of,
@@ -28,6 +27,7 @@ from memdiag.report.facts import (
 )
 from memdiag.values.findings import Finding
 from memdiag.values.result import CheckResult, DeviceCheck
+from memdiag.values.retainers import RetainerGroup
 from memdiag.values.units import format_bytes
 
 __all__ = ["TerminalReport", "render_terminal"]
@@ -79,16 +79,17 @@ def phase_table(result: CheckResult, device: str) -> Group:
     return Group(title, table)
 
 
-def _group_node(tree: Tree, group: GroupView) -> None:
+def _group_node(tree: Tree, group: RetainerGroup) -> None:
     head = Text.assemble(
         (format_bytes(group.retained_bytes), "bold"),
         f"  {group.root_name}  ",
         (f"[{group.root_kind}, {group.counts_text()}]", "dim"),
     )
     node = tree.add(head)
-    node.add(Text(f"chain: {group.chain_text}"))
-    if group.suspect_text:
-        node.add(Text(f"suspect: {group.suspect_text}", style="magenta"))
+    node.add(Text(f"chain: {group.chain_text()}"))
+    suspect = group.suspect_text()
+    if suspect:
+        node.add(Text(f"suspect: {suspect}", style="magenta"))
     if group.alloc_site:
         node.add(Text(f"allocated at {group.alloc_site}"))
     if group.known:
@@ -97,7 +98,9 @@ def _group_node(tree: Tree, group: GroupView) -> None:
         node.add(Text(group.note, style="dim"))
 
 
-def _retainer_tree(groups: list[GroupView], limit: int | None, heading: str = "retainers") -> Tree:
+def _retainer_tree(
+    groups: list[RetainerGroup], limit: int | None, heading: str = "retainers"
+) -> Tree:
     total = sum(g.retained_bytes for g in groups)
     plural = "s" if len(groups) != 1 else ""
     tree = Tree(Text(f"{heading}: {format_bytes(total)} in {len(groups)} group{plural}"))

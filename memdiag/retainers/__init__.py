@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from memdiag.retainers.analysis import analyze, analyze_heap
 from memdiag.retainers.known import DEFAULT_KNOWN, IgnoreRule, KnownRetention
-from memdiag.retainers.model import ROOT_KINDS, Edge, RetainerGroup, RetainerReport
+from memdiag.retainers.model import RetainerReport
 from memdiag.retainers.roots import ThreadStack, capture_threads
+from memdiag.values.retainers import ROOT_KINDS, Edge, RetainerGroup
 
 __all__ = [
     "DEFAULT_KNOWN",

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from memdiag.heap.hidden import find_hidden, with_hidden
+from memdiag.heap.introspect import subclasses
 from memdiag.heap.view import HeapView, call_with_full_heap
 from memdiag.retainers.describe import is_a
 from memdiag.retainers.grouping import assemble, no_tensor_group
@@ -40,20 +41,7 @@ __all__ = ["analyze", "analyze_heap"]
 
 
 def _holder_types(torch: Any) -> list[type]:
-    found: list[type] = []
-    stack: list[type] = [torch._C.TensorBase, torch.UntypedStorage]
-    seen: set[int] = set()
-    while stack:
-        cls = stack.pop()
-        if id(cls) in seen:
-            continue
-        seen.add(id(cls))
-        found.append(cls)
-        try:
-            stack.extend(type.__subclasses__(cls))
-        except Exception:  # noqa: BLE001
-            continue
-    return found
+    return subclasses((torch._C.TensorBase, torch.UntypedStorage))
 
 
 def _storage_key(torch: Any) -> Callable[[object], int | None]:

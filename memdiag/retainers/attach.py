@@ -43,7 +43,7 @@ def attach_retainers(
             continue
         # What the program must fix first; framework retention (known) after it.
         mine.sort(key=lambda g: (g.known is not None, -g.retained_bytes))
-        updated = dataclasses.replace(finding, retainers=tuple(g.to_json() for g in mine))
+        updated = dataclasses.replace(finding, retainers=tuple(mine))
         excused = [g for g in mine if g.known is not None or g in report.ignored]
         if finding.is_leak and len(excused) == len(mine):
             # Every byte is framework retention or matched an ignore rule: named, not blamed.

@@ -17,6 +17,7 @@ import types
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from memdiag.heap.introspect import instance_dict
 from memdiag.values.units import format_bytes
 
 if TYPE_CHECKING:
@@ -88,27 +89,6 @@ def key_text(key: Any) -> str:
     if tp is tuple and len(key) <= 4 and all(type(k) in _ATOMS for k in key):
         return safe_repr(key, 60)
     return safe_repr(key)
-
-
-def instance_dict(obj: object) -> dict[str, Any] | None:
-    """The instance ``__dict__`` through the type's own descriptor, or ``None``."""
-    tp = type(obj)
-    try:
-        mro = type.__dict__["__mro__"].__get__(tp)
-    except Exception:  # noqa: BLE001
-        return None
-    for klass in mro:
-        descriptor = type.__dict__["__dict__"].__get__(klass).get("__dict__")
-        if descriptor is None:
-            continue
-        if type(descriptor) not in (types.GetSetDescriptorType, types.MemberDescriptorType):
-            return None
-        try:
-            value = descriptor.__get__(obj, tp)
-        except Exception:  # noqa: BLE001
-            return None
-        return value if is_a(value, dict) else None
-    return None
 
 
 def _slot_values(obj: object) -> Iterator[tuple[str, object]]:

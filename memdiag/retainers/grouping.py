@@ -27,8 +27,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from memdiag.heap.view import HeapView
 from memdiag.retainers.describe import qualname, type_name
 from memdiag.retainers.known import IgnoreRule, KnownRetention, match_ignore, match_known
-from memdiag.retainers.model import Edge, RetainerGroup, RetainerReport
+from memdiag.retainers.model import RetainerReport
 from memdiag.retainers.paths import PSEUDO_KINDS, PathForest
+from memdiag.values.retainers import Edge, RetainerGroup
 from memdiag.values.units import format_bytes
 
 __all__ = ["assemble", "no_tensor_group", "signature"]
@@ -225,7 +226,7 @@ def assemble(
     for group in extra:
         if group.root_name == "native code":
             mine = [k for k in group.storage_keys if k not in credited]
-            group = _replace(
+            group = dataclasses.replace(
                 group, retained_bytes=sum(targets[k] for k in mine), storage_count=len(mine)
             )
         fixed.append(group)
@@ -237,13 +238,13 @@ def assemble(
             continue
         entry = match_known(known, group.root_name, group.chain_text())
         if entry is not None:
-            group = _replace(group, known=entry.name, note=entry.explanation)
+            group = dataclasses.replace(group, known=entry.name, note=entry.explanation)
         rooted.append(group)
     kept: list[RetainerGroup] = []
     for group in rooted + unrooted:
         rule = match_ignore(ignore, group.root_name, group.signature)
         if rule is not None:
-            ignored.append(_replace(group, note=rule.reason or group.note))
+            ignored.append(dataclasses.replace(group, note=rule.reason or group.note))
         else:
             kept.append(group)
 
@@ -275,7 +276,3 @@ def assemble(
         target_storages=len(targets),
         target_bytes=sum(targets.values()),
     )
-
-
-def _replace(group: RetainerGroup, **changes: object) -> RetainerGroup:
-    return dataclasses.replace(group, **changes)  # type: ignore[arg-type]

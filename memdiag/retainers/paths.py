@@ -37,10 +37,10 @@ from memdiag.retainers.describe import (
     tensor_info,
     type_name,
 )
-from memdiag.retainers.model import ROOT_KINDS, Edge
 from memdiag.retainers.roots import RootEnv, Seed
 from memdiag.retainers.scan import Subgraph
 from memdiag.values.readings import pool_of_key
+from memdiag.values.retainers import ROOT_KINDS, Edge
 
 __all__ = ["CHAIN_HEAD", "CHAIN_TAIL", "PathForest", "normalise_label"]
 

@@ -20,24 +20,11 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from memdiag.heap.introspect import subclasses
+
 __all__ = ["live_pools", "owner_types", "pool_of"]
 
 Pool = tuple[int, int]
-
-
-def _subclasses(base: type) -> list[type]:
-    found: list[type] = []
-    stack = [base]
-    while stack:
-        cls = stack.pop()
-        if cls in found:
-            continue
-        found.append(cls)
-        try:
-            stack.extend(type.__subclasses__(cls))
-        except TypeError:
-            continue
-    return found
 
 
 def owner_types() -> list[type]:
@@ -54,10 +41,7 @@ def owner_types() -> list[type]:
     manager = getattr(trees, "CUDAGraphTreeManager", None)
     if isinstance(manager, type):
         bases.append(manager)
-    found: list[type] = []
-    for base in bases:
-        found.extend(t for t in _subclasses(base) if t not in found)
-    return found
+    return subclasses(bases)
 
 
 def _as_pool(value: object) -> Pool | None:

@@ -31,7 +31,7 @@ from memdiag.retainers.describe import (
     key_text,
     type_name,
 )
-from memdiag.retainers.model import ROOT_KINDS
+from memdiag.values.retainers import ROOT_KINDS
 
 __all__ = ["RootEnv", "Seed", "ThreadStack", "capture_threads", "own_frame_ids"]
 
@@ -182,7 +182,7 @@ class RootEnv:
         return None
 
     # -- naming ----------------------------------------------------------------
-    def _key_of(self, namespace: dict[str, object], child_id: int) -> str | None:
+    def _key_of(self, namespace: object, child_id: int) -> str | None:
         index = self._dict_index.get(id(namespace))
         if index is None:
             index = {}
@@ -221,7 +221,7 @@ class RootEnv:
         if kind == "module":
             module = self.module_dicts[rid]
             for child in children:
-                key = self._key_of(root, child)  # type: ignore[arg-type]
+                key = self._key_of(root, child)
                 add(
                     "module",
                     f"{module}.{key}" if key else f"{module} (namespace)",
@@ -230,16 +230,16 @@ class RootEnv:
                     child,
                     root,
                 )
-        elif kind == "class":
+        elif kind == "class" and isinstance(root, type):
             cls = root
             proxied = gc.get_referents(type.__dict__["__dict__"].__get__(cls))
             for child in children:
                 if any(n is nodes.get(child) for n in proxied):
                     for grandchild in self._children_of(child):
-                        key = self._key_of(nodes[child], grandchild)  # type: ignore[arg-type]
-                        add("class", f"{type_name(cls)}.{key}", "", "plain", grandchild, cls)  # type: ignore[arg-type]
+                        key = self._key_of(nodes[child], grandchild)
+                        add("class", f"{type_name(cls)}.{key}", "", "plain", grandchild, cls)
                 else:
-                    add("class", f"{type_name(cls)} (class internals)", "", "plain", child, cls)  # type: ignore[arg-type]
+                    add("class", f"{type_name(cls)} (class internals)", "", "plain", child, cls)
         elif kind == "lru_cache":
             out.extend(self._lru_seeds(root, children, nodes))
         elif kind == "thread":

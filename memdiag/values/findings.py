@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Any
 
 from memdiag.values.readings import ProcessUsage
+from memdiag.values.retainers import RetainerGroup
 from memdiag.values.units import format_bytes
 
 __all__ = ["Finding", "FindingKind", "TensorGroup", "TensorSummary"]
@@ -29,7 +30,8 @@ class FindingKind(str, Enum):
     WORKER = "worker"
 
     @property
-    def title(self) -> str:  # type: ignore[override]  # str.title is not used on kinds
+    def heading(self) -> str:
+        """The class in words, for messages (``live tensors created since baseline``)."""
         return _NAMES[self][0]
 
     @property
@@ -105,7 +107,7 @@ class Finding:
 
     ``is_leak`` findings make the check fail; the others (allocator cache, framework
     workspaces, device context) are reported, never called leaks.  ``retainers`` holds
-    the retainer analysis' groups as plain JSON data once it has run.
+    the retainer analysis' groups once it has run.
     """
 
     kind: FindingKind
@@ -116,14 +118,14 @@ class Finding:
     advice: str = ""
     tensors: tuple[TensorGroup, ...] = ()
     processes: tuple[ProcessUsage, ...] = ()
-    retainers: tuple[dict[str, Any], ...] = ()
+    retainers: tuple[RetainerGroup, ...] = ()
     storages: tuple[tuple[int, int, int], ...] = field(default=(), repr=False)
     """(storage key, bytes, data_ptr) of the leaked storages, for the retainer analysis."""
 
     def headline(self) -> str:
         return f"{self.device}: {self.message}"
 
-    def with_retainers(self, retainers: tuple[dict[str, Any], ...]) -> Finding:
+    def with_retainers(self, retainers: tuple[RetainerGroup, ...]) -> Finding:
         return dataclasses.replace(self, retainers=retainers)
 
     def to_json(self) -> dict[str, Any]:
@@ -143,7 +145,7 @@ class Finding:
                 for g in self.tensors
             ],
             "processes": [dataclasses.asdict(p) for p in self.processes],
-            "retainers": list(self.retainers),
+            "retainers": [g.to_json() for g in self.retainers],
         }
 
     @classmethod
@@ -166,5 +168,7 @@ class Finding:
                 for g in data.get("tensors", ())
             ),
             processes=tuple(ProcessUsage(**p) for p in data.get("processes", ())),
-            retainers=tuple(data.get("retainers", ())),
+            retainers=tuple(
+                RetainerGroup.from_json(g) for g in data.get("retainers", ()) if isinstance(g, dict)
+            ),
         )

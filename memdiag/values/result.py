@@ -117,10 +117,10 @@ class CheckResult:
         total = sum(f.nbytes for f in self.leaks)
         # Process groups and CPU workers carry no device bytes: say what leaked instead.
         amount = f"{format_bytes(total)} leaked" if total else plural(len(self.leaks), "leak")
-        chain = top.retainers[0].get("chain_text") if top.retainers else None
+        chain = top.retainers[0].chain_text() if top.retainers else None
         if chain:
             return (
-                f"{amount}; top: {format_bytes(top.nbytes)} of {top.kind.title} on "
+                f"{amount}; top: {format_bytes(top.nbytes)} of {top.kind.heading} on "
                 f"{top.device}, held by {chain}"
             )
         return f"{amount}; top: {top.headline()}"

@@ -214,15 +214,7 @@ def _prepare(
     target: Target, args: list[str], module: types.ModuleType, run: ScriptRun
 ) -> _Code | None:
     if target.kind == "code":
-        sys.argv = ["-c", *args]
-        _set_path0(run, "")
-        _main_globals(
-            module,
-            __loader__=importlib.machinery.BuiltinImporter,
-            __package__=None,
-            __spec__=None,
-        )
-        return _compile_later(target.value, "<string>")
+        return _source_main(target.value, "<string>", ["-c", *args], module, run)
     if target.kind == "module":
         return _prepare_module(target.value, args, module, run)
     return _prepare_script(target.value, args, module, run)
@@ -248,6 +240,21 @@ def _prepare_module(
     return lambda: code
 
 
+def _source_main(
+    source: str, name: str, argv: list[str], module: types.ModuleType, run: ScriptRun
+) -> _Code:
+    """``python -c CODE`` / ``python -``: source without a file, '' first on sys.path."""
+    sys.argv = argv
+    _set_path0(run, "")
+    _main_globals(
+        module,
+        __loader__=importlib.machinery.BuiltinImporter,
+        __package__=None,
+        __spec__=None,
+    )
+    return _compile_later(source, name)
+
+
 def _spec_globals(module: types.ModuleType, spec: importlib.machinery.ModuleSpec) -> None:
     """``__main__``'s globals for code found through an import spec, as runpy sets them."""
     _main_globals(
@@ -262,7 +269,7 @@ def _spec_globals(module: types.ModuleType, spec: importlib.machinery.ModuleSpec
 
 def _module_details(name: str) -> tuple[str, importlib.machinery.ModuleSpec, types.CodeType]:
     """``runpy``'s own lookup: a package runs its ``__main__``, errors as python words them."""
-    details: Callable[..., Any] = runpy._get_module_details  # type: ignore[attr-defined]
+    details: Callable[..., Any] = getattr(runpy, "_get_module_details")  # noqa: B009 - private
     try:
         mod_name, spec, code = details(name, _ModuleNotRunnable)
     except _ModuleNotRunnable as exc:
@@ -276,15 +283,7 @@ class _ModuleNotRunnable(ImportError):
 
 def _prepare_script(value: str, args: list[str], module: types.ModuleType, run: ScriptRun) -> _Code:
     if value == "-":  # python - : the program comes from stdin
-        sys.argv = ["-", *args]
-        _set_path0(run, "")
-        _main_globals(
-            module,
-            __loader__=importlib.machinery.BuiltinImporter,
-            __package__=None,
-            __spec__=None,
-        )
-        return _compile_later(sys.stdin.read(), "<stdin>")
+        return _source_main(sys.stdin.read(), "<stdin>", ["-", *args], module, run)
     if not value:
         raise ScriptNotFound("script not found: '' (an empty name)")
     path = Path(value)
@@ -327,7 +326,7 @@ def _prepare_main_of(
 ) -> _Code:
     """``python DIR`` / ``python app.zip``: run its ``__main__.py`` with it on ``sys.path``."""
     entry = os.path.abspath(value)
-    details: Callable[..., Any] = runpy._get_main_module_details  # type: ignore[attr-defined]
+    details: Callable[..., Any] = getattr(runpy, "_get_main_module_details")  # noqa: B009 - private
     sys.argv = [value, *args]
     _set_path0(run, entry)
     try:

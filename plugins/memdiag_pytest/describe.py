@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from memdiag.check.peaks import PeakViolation
-from memdiag.report.summary import leak_line, render_text
+from memdiag.report.summary import finding_lines, leak_line, render_text
 from memdiag.values.result import CheckResult
 
 from .failure import SECTION, LeakFailure
@@ -38,10 +38,9 @@ def build_failure(
         assert result is not None
         message = f"memdiag: {leak_line(result)} after {blame}"
         lines.append(message)
-        for finding in result.leaks:
-            lines.append(f"  LEAK [{finding.kind.title}] {finding.headline()}")
-            for group in finding.retainers[: 3 if verbosity <= 0 else 20]:
-                lines.append(f"    held by: {group.get('chain_text', '?')}")
+        lines.extend(
+            f"  {line}" for line in finding_lines(result.leaks, groups=3 if verbosity <= 0 else 20)
+        )
     else:
         message = f"memdiag: {peaks[0].describe()}"
     for peak in peaks if leaked else peaks[1:]:

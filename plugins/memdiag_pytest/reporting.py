@@ -53,7 +53,7 @@ def attach_payload(
         scope=scope,
         unit_label="" if scope == "function" else f"({blame})",
         summary=failure.message if failure and leaked else "",
-        held=f"{top.device}: {held_by(top) or top.kind.title}" if top else "",
+        held=f"{top.device}: {held_by(top) or top.kind.heading}" if top else "",
         signature=signature(result) if result is not None else "",
         peak_failures=[p.describe() for p in peaks],
         overhead_s=overhead_s,

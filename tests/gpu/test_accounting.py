@@ -100,7 +100,7 @@ def test_cuda_graph_pool(engine: types.ModuleType, kept: bool) -> None:
     first = _first(tracker)
     assert first.kind is FindingKind.PRIVATE_POOL, first
     assert first.nbytes >= 100 * MiB
-    chain = first.retainers[0]["chain_text"]
+    chain = first.retainers[0].chain_text()
     assert chain.startswith("engine_state.GRAPHS -> ['decode']"), chain
     assert "CUDAGraph owning private pool" in chain
     cache = [f for f in tracker.result.findings if f.kind is FindingKind.ALLOCATOR_CACHE]  # type: ignore[union-attr]
@@ -125,7 +125,7 @@ def test_mempool(engine: types.ModuleType, kept: bool) -> None:
         return
     first = _first(tracker)
     assert first.kind is FindingKind.PRIVATE_POOL and first.nbytes == 256 * MiB, first
-    chain = first.retainers[0]["chain_text"]
+    chain = first.retainers[0].chain_text()
     assert chain.startswith("engine_state.POOLS -> [0]"), chain
     assert "MemPool owning private pool" in chain
     engine.POOLS.clear()
@@ -144,7 +144,7 @@ def test_pinned_host_buffers(engine: types.ModuleType, kept: bool) -> None:
     first = _first(tracker)
     assert first.device == "host-pinned" and first.kind is FindingKind.LIVE_TENSORS, first
     assert first.nbytes == 64 * MiB
-    assert first.retainers[0]["chain_text"].startswith("engine_state.STAGING"), first.retainers
+    assert first.retainers[0].chain_text().startswith("engine_state.STAGING"), first.retainers
     engine.STAGING.clear()
 
 
@@ -165,7 +165,7 @@ def test_autograd_graph_of_a_stored_loss(engine: types.ModuleType, detached: boo
         return
     first = _first(tracker)
     assert first.kind is FindingKind.LIVE_TENSORS and first.nbytes >= 4 * 2 * 16 * MiB, first
-    chain = first.retainers[0]["chain_text"]
+    chain = first.retainers[0].chain_text()
     assert chain.startswith("engine_state.total_loss -> .grad_fn -> AddBackward0"), chain
     assert not [f for f in tracker.result.findings if f.kind is FindingKind.NATIVE]  # type: ignore[union-attr]
 

@@ -8,6 +8,7 @@ from typing import Any
 from memdiag.values.findings import Finding, FindingKind, TensorGroup, TensorSummary
 from memdiag.values.readings import DeviceReading, ProcessUsage
 from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
+from memdiag.values.retainers import RetainerGroup
 
 MiB = 1024**2
 GiB = 1024**3
@@ -22,97 +23,109 @@ def _edge(label: str, type_name: str, node: str = "", long_lived: bool = False) 
     return {"label": label, "type_name": type_name, "node": node, "long_lived": long_lived}
 
 
-LRU_GROUP: dict[str, Any] = {
-    "root_kind": "lru_cache",
-    "root_name": "lru_cache of engine.utils.supports_kw",
-    "chain": [
-        _edge("cache key", "builtins.method", "bound method Model.forward", True),
-        _edge("", "engine.model.Model", "Model"),
-        _edge(".layers[3].weight", "torch.nn.Parameter", "cuda:0, 64.0 MiB"),
-    ],
-    "chain_text": (
-        "lru_cache of engine.utils.supports_kw -> cache key -> bound method Model.forward"
-        " -> Model -> .layers[3].weight (cuda:0, 64.0 MiB)"
-    ),
-    "suspect_index": 0,
-    "retained_bytes": 768 * MiB,
-    "tensor_count": 12,
-    "storage_count": 12,
-    "signature": "a1b2c3d4e5f6",
-    "frozen": False,
-    "known": None,
-    "example_tensor": "Parameter float32[4096, 4096] on cuda:0, 64.0 MiB",
-    "storage_keys": [1, 2, 3],
-    "common_length": 2,
-    "note": "",
-    "alloc_site": "engine/model.py:88 in Model.__init__",
-    "other_roots": [],
-}
-ROPE_GROUP: dict[str, Any] = {
-    "root_kind": "module",
-    "root_name": "engine.rope._ROPE_DICT",
-    "chain": [
-        _edge("", "dict", "", True),
-        _edge("[(4096, 128)]", "tuple", "", True),
-        _edge("[0]", "torch.Tensor", "cuda:0, 2.0 MiB"),
-    ],
-    "chain_text": "engine.rope._ROPE_DICT -> [(4096, 128)][0] (cuda:0, 2.0 MiB)",
-    "suspect_index": 2,
-    "retained_bytes": 4 * MiB,
-    "tensor_count": 2,
-    "storage_count": 2,
-    "signature": "0f1e2d3c4b5a",
-    "alloc_site": None,
-}
-SINGLETON_GROUP: dict[str, Any] = {
-    "root_kind": "class",
-    "root_name": "engine.workspace.Workspace._instance",
-    "chain": [_edge(".buffer", "torch.Tensor", "cuda:0, 1.0 MiB")],
-    "chain_text": "engine.workspace.Workspace._instance -> .buffer (cuda:0, 1.0 MiB)",
-    "suspect_index": None,
-    "retained_bytes": 1 * MiB,
-    "tensor_count": 1,
-    "storage_count": 1,
-    "signature": "99aa88bb77cc",
-}
-THREAD_GROUP: dict[str, Any] = {
-    "root_kind": "thread",
-    "root_name": "thread 'detok' in Detokenizer.run (detok.py:41)",
-    "chain": [_edge("local 'staging'", "torch.Tensor", "cuda:0, 512.0 KiB")],
-    "chain_text": "thread 'detok' in Detokenizer.run (detok.py:41) -> local 'staging'",
-    "suspect_index": None,
-    "retained_bytes": 512 * 1024,
-    "tensor_count": 1,
-    "storage_count": 1,
-    "signature": "1234abcd5678",
-}
-FROZEN_GROUP: dict[str, Any] = {
-    "root_kind": "frozen",
-    "root_name": "gc.freeze()",
-    "chain": [
-        _edge("", "engine.runner.Sampler", "Sampler"),
-        _edge(".runner.kv_cache", "torch.Tensor", "cuda:1, 256.0 MiB"),
-    ],
-    "chain_text": "gc.freeze() -> Sampler -> .runner.kv_cache (cuda:1, 256.0 MiB)",
-    "suspect_index": 0,
-    "retained_bytes": 256 * MiB,
-    "tensor_count": 1,
-    "storage_count": 1,
-    "signature": "feedfacecafe",
-    "frozen": True,
-    "note": "kept by gc.freeze(): 175423 objects frozen; this cycle is unreachable",
-}
-UNROOTED_GROUP: dict[str, Any] = {
-    "root_kind": "native",
-    "root_name": "native code (no Python tensor)",
-    "chain": [],
-    "chain_text": "native code (no Python tensor)",
-    "suspect_index": None,
-    "retained_bytes": 8 * MiB,
-    "tensor_count": 0,
-    "storage_count": 1,
-    "signature": "000000000000",
-}
+LRU_GROUP = RetainerGroup.from_json(
+    {
+        "root_kind": "lru_cache",
+        "root_name": "lru_cache of engine.utils.supports_kw",
+        "chain": [
+            _edge("cache key", "builtins.method", "bound method Model.forward", True),
+            _edge("", "engine.model.Model", "Model"),
+            _edge(".layers[3].weight", "torch.nn.Parameter", "cuda:0, 64.0 MiB"),
+        ],
+        "chain_text": (
+            "lru_cache of engine.utils.supports_kw -> cache key -> bound method Model.forward"
+            " -> Model -> .layers[3].weight (cuda:0, 64.0 MiB)"
+        ),
+        "suspect_index": 0,
+        "retained_bytes": 768 * MiB,
+        "tensor_count": 12,
+        "storage_count": 12,
+        "signature": "a1b2c3d4e5f6",
+        "frozen": False,
+        "known": None,
+        "example_tensor": "Parameter float32[4096, 4096] on cuda:0, 64.0 MiB",
+        "storage_keys": [1, 2, 3],
+        "common_length": 2,
+        "note": "",
+        "alloc_site": "engine/model.py:88 in Model.__init__",
+        "other_roots": [],
+    }
+)
+ROPE_GROUP = RetainerGroup.from_json(
+    {
+        "root_kind": "module",
+        "root_name": "engine.rope._ROPE_DICT",
+        "chain": [
+            _edge("", "dict", "", True),
+            _edge("[(4096, 128)]", "tuple", "", True),
+            _edge("[0]", "torch.Tensor", "cuda:0, 2.0 MiB"),
+        ],
+        "chain_text": "engine.rope._ROPE_DICT -> [(4096, 128)][0] (cuda:0, 2.0 MiB)",
+        "suspect_index": 2,
+        "retained_bytes": 4 * MiB,
+        "tensor_count": 2,
+        "storage_count": 2,
+        "signature": "0f1e2d3c4b5a",
+        "alloc_site": None,
+    }
+)
+SINGLETON_GROUP = RetainerGroup.from_json(
+    {
+        "root_kind": "class",
+        "root_name": "engine.workspace.Workspace._instance",
+        "chain": [_edge(".buffer", "torch.Tensor", "cuda:0, 1.0 MiB")],
+        "chain_text": "engine.workspace.Workspace._instance -> .buffer (cuda:0, 1.0 MiB)",
+        "suspect_index": None,
+        "retained_bytes": 1 * MiB,
+        "tensor_count": 1,
+        "storage_count": 1,
+        "signature": "99aa88bb77cc",
+    }
+)
+THREAD_GROUP = RetainerGroup.from_json(
+    {
+        "root_kind": "thread",
+        "root_name": "thread 'detok' in Detokenizer.run (detok.py:41)",
+        "chain": [_edge("local 'staging'", "torch.Tensor", "cuda:0, 512.0 KiB")],
+        "chain_text": "thread 'detok' in Detokenizer.run (detok.py:41) -> local 'staging'",
+        "suspect_index": None,
+        "retained_bytes": 512 * 1024,
+        "tensor_count": 1,
+        "storage_count": 1,
+        "signature": "1234abcd5678",
+    }
+)
+FROZEN_GROUP = RetainerGroup.from_json(
+    {
+        "root_kind": "frozen",
+        "root_name": "gc.freeze()",
+        "chain": [
+            _edge("", "engine.runner.Sampler", "Sampler"),
+            _edge(".runner.kv_cache", "torch.Tensor", "cuda:1, 256.0 MiB"),
+        ],
+        "chain_text": "gc.freeze() -> Sampler -> .runner.kv_cache (cuda:1, 256.0 MiB)",
+        "suspect_index": 0,
+        "retained_bytes": 256 * MiB,
+        "tensor_count": 1,
+        "storage_count": 1,
+        "signature": "feedfacecafe",
+        "frozen": True,
+        "note": "kept by gc.freeze(): 175423 objects frozen; this cycle is unreachable",
+    }
+)
+UNROOTED_GROUP = RetainerGroup.from_json(
+    {
+        "root_kind": "native",
+        "root_name": "native code (no Python tensor)",
+        "chain": [],
+        "chain_text": "native code (no Python tensor)",
+        "suspect_index": None,
+        "retained_bytes": 8 * MiB,
+        "tensor_count": 0,
+        "storage_count": 1,
+        "signature": "000000000000",
+    }
+)
 
 
 def _tensor(shape: tuple[int, ...], device: str, nbytes: int, count: int) -> TensorGroup:
@@ -366,6 +379,6 @@ def sample_result() -> CheckResult:
             "heap_objects": 175662,
             "elapsed_s": 0.5,
             "notes": ["searched 175662 objects"],
-            "unrooted": [UNROOTED_GROUP],
+            "unrooted": [UNROOTED_GROUP.to_json()],
         },
     )

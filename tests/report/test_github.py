@@ -10,6 +10,7 @@ import pytest
 
 from memdiag.cli import main
 from memdiag.report.github import Annotation, GithubReport, annotations_for, in_github_actions
+from memdiag.values.retainers import RetainerGroup
 from tests.report.sample import sample_result
 
 
@@ -56,7 +57,11 @@ def test_paths_are_relative_to_the_workspace(tmp_path: Path) -> None:
     script.write_text("import torch\n\n_ROPE_DICT = {}\n")
     result = sample_result()
     finding = result.findings[0].with_retainers(
-        ({"root_kind": "module", "root_name": "__main__._ROPE_DICT", "retained_bytes": 4},)
+        (
+            RetainerGroup.from_json(
+                {"root_kind": "module", "root_name": "__main__._ROPE_DICT", "retained_bytes": 4}
+            ),
+        )
     )
     result = dataclasses.replace(result, findings=(finding,))
     buffer = io.StringIO()

@@ -35,12 +35,13 @@ from memdiag.report.session import (
 from memdiag.values.findings import Finding, FindingKind
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
+from memdiag.values.retainers import RetainerGroup
 from tests.report.sample import LRU_GROUP, ROPE_GROUP
 
 MiB = 1024**2
 
 
-def _leak(nbytes: int, *groups: dict[str, Any], device: str = "cuda:0") -> Finding:
+def _leak(nbytes: int, *groups: RetainerGroup, device: str = "cuda:0") -> Finding:
     return Finding(FindingKind.LIVE_TENSORS, device, nbytes, True, "live tensors", retainers=groups)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 from collections.abc import Iterator
@@ -11,14 +12,14 @@ from typing import Any
 import pytest
 
 from memdiag.report.advice import advice_for, advice_for_group
-from memdiag.report.facts import GroupView
 from memdiag.report.locate import Location, locate_group, parse_site
+from memdiag.values.retainers import RetainerGroup
 from tests.report import sample
 from tests.report.sample import sample_result
 
 
-def _group(data: dict[str, Any]) -> GroupView:
-    return GroupView.from_json(data)
+def _group(data: RetainerGroup | dict[str, Any]) -> RetainerGroup:
+    return data if isinstance(data, RetainerGroup) else RetainerGroup.from_json(data)
 
 
 @pytest.mark.parametrize(
@@ -29,14 +30,22 @@ def _group(data: dict[str, Any]) -> GroupView:
         (sample.LRU_GROUP, "call `supports_kw.cache_clear()` in shutdown"),
         (sample.THREAD_GROUP, "stop and join thread 'detok' in shutdown (its frame holds local"),
         (sample.FROZEN_GROUP, "call gc.unfreeze() in shutdown"),
-        ({**sample.ROPE_GROUP, "chain": [], "root_name": "m.MODEL"}, "release `MODEL` in shutdown"),
-        ({**sample.ROPE_GROUP, "known": "torch compile cache"}, "expected: torch compile cache"),
+        (
+            dataclasses.replace(
+                sample.ROPE_GROUP, chain=(), suspect_index=None, root_name="m.MODEL"
+            ),
+            "release `MODEL` in shutdown",
+        ),
+        (
+            dataclasses.replace(sample.ROPE_GROUP, known="torch compile cache"),
+            "expected: torch compile cache",
+        ),
         ({"root_kind": "registry", "root_name": "engine.hooks module state"}, "unregister"),
         ({"root_kind": "exception", "root_name": "current exception ValueError"}, "traceback"),
         (sample.UNROOTED_GROUP, ""),
     ],
 )
-def test_advice_follows_the_root(data: dict[str, Any], expected: str) -> None:
+def test_advice_follows_the_root(data: RetainerGroup | dict[str, Any], expected: str) -> None:
     advice = advice_for_group(_group(data))
     assert (expected in advice) if expected else advice == ""
 
@@ -49,15 +58,15 @@ def test_finding_advice_is_the_fallback() -> None:
     assert advice_for(findings["live_tensors"]).startswith("call `supports_kw.cache_clear()`")
 
 
-def test_group_view_reads_partial_and_odd_dicts() -> None:
+def test_retainer_group_reads_partial_and_odd_dicts() -> None:
     group = _group({"root_name": "x.Y", "retained_bytes": "12", "suspect_index": 7, "chain": [3]})
-    assert (group.root_kind, group.retained_bytes, group.suspect_index, group.hops) == (
+    assert (group.root_kind, group.retained_bytes, group.suspect_index, group.chain) == (
         "unknown",
         12,
         None,
         (),
     )
-    assert group.chain_text == "x.Y" and group.suspect_text == ""
+    assert group.chain_text() == "x.Y" and group.suspect_text() == ""
 
 
 def test_parse_site() -> None:

@@ -117,10 +117,10 @@ def test_torchscript_module_in_a_cache_is_the_root(leak_module: types.ModuleType
     assert result is not None and result.leaked
     first = result.findings[0]
     assert first.kind is FindingKind.LIVE_TENSORS and first.nbytes >= 8 * 1024**2
-    chain = first.retainers[0]["chain_text"]
+    chain = first.retainers[0].chain_text()
     assert chain.startswith(f"{leak_module.__name__}.COMPILED -> ['model']"), chain
     assert "ScriptModule -> .0 -> ScriptModule -> .weight" in chain
-    assert first.retainers[0]["retained_bytes"] >= 4 * 1024**2
+    assert first.retainers[0].retained_bytes >= 4 * 1024**2
     leak_module.COMPILED.clear()
 
 
@@ -132,7 +132,7 @@ def test_numpy_view_of_a_tensor_names_the_global(leak_module: types.ModuleType) 
     assert result is not None and result.leaked
     first = result.findings[0]
     assert first.nbytes == 8 * 1024**2
-    chain = first.retainers[0]["chain_text"]
+    chain = first.retainers[0].chain_text()
     assert chain.startswith(f"{leak_module.__name__}.ARRAY -> .base"), chain
     assert isinstance(leak_module.ARRAY, np.ndarray)
 

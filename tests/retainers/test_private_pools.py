@@ -51,7 +51,7 @@ def test_pool_kept_by_a_live_owner_is_a_leak_named_by_its_root(
     assert first.nbytes == 130 * MiB
     assert "(0, 7) of CUDAGraphTreeManager" in first.message
     assert "empty_cache() cannot return it" in first.message
-    chain = first.retainers[0]["chain_text"]
+    chain = first.retainers[0].chain_text()
     assert chain.startswith(f"{leak_module.__name__}.ENGINE -> ['graphs']"), chain
     assert "CUDAGraphTreeManager owning private pool (0, 7), 130.0 MiB" in chain
     # No advice that empty_cache() would return the pool's memory.

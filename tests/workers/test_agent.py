@@ -39,7 +39,7 @@ def test_a_workers_lru_cache_leak_reaches_the_parent_with_the_workers_chain(
     assert leak.message.startswith(f"worker {worker.pid} (`python")
     assert leak.nbytes == 2048 * 512 * 4
     assert leak.tensors[0].example.shape == (2048, 512)
-    chain = leak.retainers[0]["chain_text"]
+    chain = leak.retainers[0].chain_text()
     assert chain.startswith("lru_cache of mp_workers.table -> cached value"), chain
 
 
@@ -79,7 +79,7 @@ def test_a_worker_command_under_the_agent_keeps_its_exit_code_and_reports(
     (leak,) = merge_worker_reports(reports)
     assert leak.nbytes == 4 * 256 * 1024 * 4
     assert leak.tensors[0].count == 4
-    assert leak.retainers[0]["chain_text"].startswith("__main__.KV_BLOCKS"), leak.retainers
+    assert leak.retainers[0].chain_text().startswith("__main__.KV_BLOCKS"), leak.retainers
 
 
 def test_a_wrapped_target_that_raises_does_not_report_its_locals(
