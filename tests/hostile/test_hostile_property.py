@@ -30,6 +30,7 @@ from memdiag.report.json_report import JsonReport, write_json
 from memdiag.report.junit import JunitReport
 from memdiag.report.terminal import TerminalReport, render_terminal
 from memdiag.values.result import CheckResult
+from memdiag.values.retainers import RetainerGroup
 from tests.report.sample import sample_result
 
 SEED = int(os.environ.get("MEMDIAG_FUZZ_SEED", "20261129"))
@@ -65,15 +66,15 @@ def _hostile_result(rng: random.Random) -> CheckResult:
     findings = []
     for finding in base.findings:
         groups = []
-        for group in finding.retainers:
-            group = dict(group)
-            for key in ("root_name", "chain_text", "note", "known", "alloc_site"):
+        for retainer in finding.retainers:
+            group = retainer.to_json()
+            for key in ("root_name", "note", "known", "alloc_site"):
                 if rng.random() < 0.7:
                     group[key] = _text(rng)
             group["chain"] = [
                 {**edge, "label": _text(rng), "node": _text(rng)} for edge in group.get("chain", ())
             ]
-            groups.append(group)
+            groups.append(RetainerGroup.from_json(group))
         findings.append(
             dataclasses.replace(
                 finding,
