@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from memdiag.backends.base import Availability, BackendUnavailable
 from memdiag.values.readings import DeviceReading, ProcessUsage
@@ -30,6 +31,8 @@ class FakeDevice:
     """(monotonic time when it is released, bytes) for lazily released memory."""
     private_pools: dict[str, list[int]] = field(default_factory=dict)
     """``"a,b"`` -> [reserved, allocated] of private pools (part of ``reserved``)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What a real backend adds to a reading's ``extra`` (``uuid``, ``own_used``…)."""
 
 
 class FakeBackend:
@@ -60,7 +63,9 @@ class FakeBackend:
             raise BackendUnavailable(self._unavailable)
         return tuple(self._devices)
 
-    def set(self, device: str, **values: int | tuple[ProcessUsage, ...] | None) -> None:
+    def set(
+        self, device: str, **values: int | tuple[ProcessUsage, ...] | dict[str, Any] | None
+    ) -> None:
         state = self._devices[device]
         for key, value in values.items():
             setattr(state, key, value)
@@ -108,6 +113,7 @@ class FakeBackend:
             process_used=state.process_used,
             processes=state.processes,
             time=self._clock(),
+            extra=dict(state.extra),
         )
 
     def set_pool(self, device: str, pool: tuple[int, int], reserved: int, allocated: int) -> None:
