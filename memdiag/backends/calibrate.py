@@ -43,25 +43,35 @@ class Calibration:
     ``context``: right after the context was created (before any torch allocation);
     ``blas``: added by the first matmuls (cuBLAS + cuBLASLt handles, their kernels);
     ``dnn``: added by the first convolution (cuDNN handle, its kernels);
-    ``nccl``: added by a one-rank NCCL communicator (``None``: not measured).
+    ``nccl``: added by a one-rank NCCL communicator (``None``: not measured);
+    ``nccl_kept``: what of it stays after ``destroy_process_group()`` (NCCL's kernels
+    and process-wide state).
     """
 
     context: int
     blas: int
     dnn: int
     nccl: int | None = None
+    nccl_kept: int | None = None
 
     def to_json(self) -> dict[str, int | None]:
-        return {"context": self.context, "blas": self.blas, "dnn": self.dnn, "nccl": self.nccl}
+        return {
+            "context": self.context,
+            "blas": self.blas,
+            "dnn": self.dnn,
+            "nccl": self.nccl,
+            "nccl_kept": self.nccl_kept,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Calibration:
-        nccl = data.get("nccl")
+        nccl, kept = data.get("nccl"), data.get("nccl_kept")
         return cls(
             context=int(data["context"]),
             blas=int(data["blas"]),
             dnn=int(data["dnn"]),
             nccl=None if nccl is None else int(nccl),
+            nccl_kept=None if kept is None else int(kept),
         )
 
 
@@ -231,5 +241,6 @@ if want_nccl:
     t.sum().item()
     out["nccl"] = max(0, outside() - before)
     dist.destroy_process_group()
+    out["nccl_kept"] = max(0, outside() - before)
 print(json.dumps(out))
 """

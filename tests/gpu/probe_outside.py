@@ -92,8 +92,8 @@ def main() -> None:
     torch.nn.Conv2d(8, 8, 3, padding=1).to(dev)(x).sum().item()
     print("cuDNN engines mapped after a conv:", maps_has("libcudnn_engines", "libcudnn_ops"))
     step("conv (cuDNN)")
-    for op in (torch.softmax, torch.sigmoid, torch.cumsum):
-        op(a, 0).sum().item()
+    for value in (torch.softmax(a, 0), torch.sigmoid(a), torch.cumsum(a, 0)):
+        value.sum().item()
     torch.topk(a, 8).values.sum().item()
     step("softmax/topk/cumsum kernels")
     dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1, device_id=dev)
@@ -136,16 +136,20 @@ def main() -> None:
     g.replay()
     step("CUDA graph captured")
     del g, y
+    torch.cuda.empty_cache()
+    step("graph deleted")
     allocator.free_all()
+    step("cuMem freed")
     del block
     cupy.get_default_memory_pool().free_all_blocks()
+    step("CuPy pool freed")
     dist.destroy_process_group()
+    step("process group destroyed")
     del compiled
     torch._dynamo.reset()
     gc.collect()
     torch.cuda.empty_cache()
-    step("after shutdown")
-
+    step("torch.compile reset (shutdown done)")
     print("\n| step | NVML MiB | torch reserved | named | not named | named % |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, own, reserved, named, unnamed, _ in ROWS:
