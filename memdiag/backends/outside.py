@@ -12,7 +12,9 @@ for one device, each with bytes and whether the bytes were measured or estimated
   (cuBLAS: once a matmul ran; cuDNN: its engine libraries are loaded);
 - ``nccl``: one entry per live ``torch.distributed`` process group with the NCCL
   backend, named with its rank and size; bytes estimated from a one-rank
-  communicator measured once per device;
+  communicator measured once per device; once its groups are destroyed, NCCL keeps
+  its kernels and process-wide state (``nccl_kept``, measured the same way) for the
+  process' life: reported where a reading saw an NCCL group (:func:`note_nccl`);
 - ``cumem``: memory a cuMem allocator (vLLM's sleep-mode ``CuMemAllocator`` and
   allocators of the same layout, found on the whole heap, frozen objects included)
   has mapped and torch does not count, read from its own table; memory it released
@@ -36,9 +38,16 @@ from memdiag.heap.view import HeapError, find_instances
 from memdiag.values.readings import DeviceReading
 from memdiag.values.units import format_bytes
 
-__all__ = ["FRAMEWORK_KINDS", "Bucket", "Holder", "outside_holders", "process_groups"]
+__all__ = [
+    "FRAMEWORK_KINDS",
+    "Bucket",
+    "Holder",
+    "note_nccl",
+    "outside_holders",
+    "process_groups",
+]
 
-FRAMEWORK_KINDS = frozenset({"context", "blas", "dnn"})
+FRAMEWORK_KINDS = frozenset({"context", "blas", "dnn", "nccl_kept"})
 """Holders that stay for the process' life by design: reported, never leaks."""
 
 _CUDNN_LIBRARIES = ("libcudnn_engines", "libcudnn_ops", "libcudnn_cnn", "libcudnn_adv")
@@ -103,10 +112,11 @@ def outside_holders(
         return []
     index = int(index_text)
     groups = process_groups(index)
+    nccl_used = bool(groups) or index in _NCCL_SEEN or None in _NCCL_SEEN
     uuid = reading.extra.get("uuid")
     cal = None
     if isinstance(uuid, str) and (reading.extra.get("own_used") or 0) > 0:
-        cal = calibrate_fn(index, uuid, nccl=bool(groups))
+        cal = calibrate_fn(index, uuid, nccl=nccl_used)
     out: list[Holder] = []
     once = "measured once for this device in a fresh process"
     if cal is not None:
@@ -147,12 +157,44 @@ def outside_holders(
                 else "size unknown (not measured here)",
             )
         )
+    if not groups and nccl_used and cal is not None and cal.nccl_kept:
+        out.append(
+            Holder(
+                "nccl_kept",
+                "NCCL kernels and state kept after destroy_process_group()",
+                cal.nccl_kept,
+                False,
+                "what a one-rank communicator leaves after it is destroyed, measured once "
+                "for this device; an NCCL group was seen in this process",
+            )
+        )
     out.extend(_cumem_holders(index, objects))
     out.extend(_library_holders(index))
     return out
 
 
 # -- NCCL ------------------------------------------------------------------------------
+
+_NCCL_SEEN: set[int | None] = set()
+"""Devices (``None``: not bound to one) on which a live NCCL group was seen."""
+
+
+def note_nccl() -> None:
+    """Remember the devices of live NCCL process groups (a few attribute reads; called
+    with every torch reading): NCCL keeps memory after its groups are destroyed."""
+    c10d: Any = sys.modules.get("torch.distributed.distributed_c10d")
+    pg_map = getattr(getattr(c10d, "_world", None), "pg_map", None)
+    if not pg_map or not isinstance(pg_map, Mapping):
+        return
+    try:
+        for pg, entry in list(pg_map.items()):
+            backend = str(entry[0] if isinstance(entry, tuple) and entry else entry).lower()
+            if "nccl" in backend:
+                bound = getattr(pg, "bound_device_id", None)
+                index = getattr(bound, "index", None)
+                _NCCL_SEEN.add(None if index is None else int(index))
+    except Exception:  # noqa: BLE001 - a half-destroyed group is not a crash
+        return
 
 
 def process_groups(
@@ -179,6 +221,8 @@ def process_groups(
                 continue
             name = str(names.get(pg, "?")) if isinstance(names, Mapping) else "?"
             out.append((name, int(pg.rank()), int(pg.size())))
+            if "nccl" in backend:
+                _NCCL_SEEN.add(index)
         except Exception:  # noqa: BLE001 - a half-destroyed group is not a crash
             continue
     return out

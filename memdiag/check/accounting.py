@@ -25,7 +25,7 @@ from memdiag.values.units import format_bytes
 
 __all__ = ["Accounting", "Bucket", "account", "account_devices", "framework_growth"]
 
-_ORDER = ("context", "cumem", "library", "nccl", "blas", "dnn")
+_ORDER = ("context", "cumem", "library", "nccl", "blas", "dnn", "nccl_kept")
 """Measured holders first, then estimated ones: an estimate takes only what is left."""
 
 

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from memdiag.backends import calibrate as calibration
+from memdiag.backends import outside
 from memdiag.backends.calibrate import Calibration, calibrate, calibration_key
 from memdiag.backends.fake import FakeBackend
-from memdiag.backends.outside import Holder, outside_holders, process_groups
+from memdiag.backends.outside import Holder, note_nccl, outside_holders, process_groups
 from memdiag.backends.registry import Selection
 from memdiag.check.accounting import account, framework_growth
 from memdiag.check.tracker import Tracker
@@ -26,6 +27,9 @@ from memdiag.values.readings import DeviceReading
 MiB = 1024**2
 UUID = "GPU-00000000-fake-0000-0000-000000000000"
 H200 = Calibration(context=610 * MiB, blas=66 * MiB, dnn=8 * MiB, nccl=None)
+H200_NCCL = Calibration(
+    context=610 * MiB, blas=66 * MiB, dnn=8 * MiB, nccl=558 * MiB, nccl_kept=170 * MiB
+)
 
 
 def _reading(own: int, reserved: int, allocated: int = 0, **extra: Any) -> DeviceReading:
@@ -226,6 +230,52 @@ def test_live_process_groups_are_named_with_rank_and_size() -> None:
     finally:
         dist.destroy_process_group()
     assert process_groups(0, backends=("gloo",)) == []
+
+
+class FakeNcclGroup:
+    """What the accounting asks of a process group: rank, size, bound device."""
+
+    bound_device_id = None
+
+    def rank(self) -> int:
+        return 1
+
+    def size(self) -> int:
+        return 2
+
+
+def test_nccl_groups_are_named_and_what_nccl_keeps_after_destroy_is_framework(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    c10d = pytest.importorskip("torch.distributed.distributed_c10d")
+    monkeypatch.setattr(outside, "_NCCL_SEEN", set())
+    reading = _reading(1400 * MiB, reserved=0, uuid=UUID)
+    asked: list[bool] = []
+
+    def fake_calibrate(index: int, uuid: str, *, nccl: bool = False) -> Calibration:
+        asked.append(nccl)
+        return H200_NCCL if nccl else H200
+
+    group = FakeNcclGroup()
+    assert not [h for h in outside_holders("cuda:0", reading, calibrate_fn=fake_calibrate)
+                if h.kind.startswith("nccl")]  # fmt: skip
+    with monkeypatch.context() as live:
+        live.setitem(c10d._world.pg_map, group, ("nccl", None))
+        live.setitem(c10d._world.pg_names, group, "tp")
+        note_nccl()  # a reading while the group lives
+        (comm,) = [h for h in outside_holders("cuda:0", reading, calibrate_fn=fake_calibrate)
+                   if h.kind == "nccl"]  # fmt: skip
+    assert comm.name == "NCCL communicator of process group 'tp' (rank 1 of 2)"
+    assert comm.nbytes == 558 * MiB and not comm.measured
+    holders = outside_holders(
+        "cuda:0", _reading(846 * MiB, 0, uuid=UUID), calibrate_fn=fake_calibrate
+    )
+    (kept,) = [h for h in holders if h.kind.startswith("nccl")]
+    assert kept.kind == "nccl_kept" and kept.nbytes == 170 * MiB
+    assert asked == [False, True, True]
+    acc = account(_reading(846 * MiB, 0, uuid=UUID), holders)
+    assert acc is not None and acc.unnamed == 0
+    assert framework_growth(acc, 846 * MiB, before=0) == 846 * MiB  # none of it a leak
 
 
 # -- the verdict through a tracker ---------------------------------------------------------
