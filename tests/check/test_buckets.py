@@ -21,6 +21,7 @@ from memdiag.backends.outside import Holder, note_nccl, outside_holders, process
 from memdiag.backends.registry import Selection
 from memdiag.check.accounting import account, framework_growth
 from memdiag.check.tracker import Tracker
+from memdiag.report.json_report import JsonReport, schema
 from memdiag.values.findings import FindingKind
 from memdiag.values.readings import DeviceReading
 
@@ -316,6 +317,12 @@ def test_cumem_memory_left_mapped_is_a_leak_listed_by_bucket(cache_dir: Path) ->
     assert accounting["bytes"] == 976 * MiB
     assert accounting["fraction_named"] >= 0.95
     del allocator
+    jsonschema = pytest.importorskip("jsonschema")
+    report = json.loads(json.dumps(JsonReport(result).data(), default=str))
+    jsonschema.validate(report, schema(), cls=jsonschema.Draft202012Validator)
+    report["analysis"]["accounting"]["cuda:0"]["fraction_named"] = 2
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(report, schema(), cls=jsonschema.Draft202012Validator)
 
 
 def test_cumem_memory_freed_in_shutdown_is_clean(cache_dir: Path) -> None:
