@@ -46,8 +46,11 @@ class FakeBackend:
         *,
         unavailable: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stands_for: tuple[str, ...] = (),
     ) -> None:
         self._devices = {name: FakeDevice() for name in devices}
+        self._sources = (self.name, *stands_for)
+        """``stands_for``: the sources its readings claim besides ``fake`` (``nvml``)."""
         self._unavailable = unavailable
         self._clock = clock
         self.reads = 0
@@ -102,7 +105,7 @@ class FakeBackend:
         self._apply_pending(state)
         return DeviceReading(
             device=device,
-            sources=(self.name,),
+            sources=self._sources,
             allocated=state.allocated,
             reserved=state.reserved,
             active=state.allocated,

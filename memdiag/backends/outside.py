@@ -115,7 +115,8 @@ def outside_holders(
     nccl_used = bool(groups) or index in _NCCL_SEEN or None in _NCCL_SEEN
     uuid = reading.extra.get("uuid")
     cal = None
-    if isinstance(uuid, str) and (reading.extra.get("own_used") or 0) > 0:
+    # The calibration child reads NVML: an NVIDIA device with a per-process figure.
+    if "nvml" in reading.sources and isinstance(uuid, str) and reading.extra.get("own_used"):
         cal = calibrate_fn(index, uuid, nccl=nccl_used)
     out: list[Holder] = []
     once = "measured once for this device in a fresh process"

@@ -36,6 +36,7 @@ H200_NCCL = Calibration(
 def _reading(own: int, reserved: int, allocated: int = 0, **extra: Any) -> DeviceReading:
     return DeviceReading(
         device="cuda:0",
+        sources=("torch", "nvml"),
         allocated=allocated,
         reserved=reserved,
         process_used=own,
@@ -213,6 +214,11 @@ def test_holders_name_calibrated_sizes_and_a_cumem_allocator_on_the_heap() -> No
     assert by_kind["blas"].nbytes == 66 * MiB and not by_kind["blas"].measured
     assert by_kind["cumem"].nbytes == 512 * MiB and by_kind["cumem"].measured
     assert outside_holders("cpu", reading, calibrate_fn=fake_calibrate) == []
+    # Not read by NVML (ROCm's amdsmi): the NVML calibration child is not asked.
+    rocm = dataclasses.replace(reading, sources=("torch", "amdsmi"))
+    assert not [h for h in outside_holders("cuda:0", rocm, calibrate_fn=fake_calibrate)
+                if h.kind == "context"]  # fmt: skip
+    assert asked == [(0, UUID, False)]
     del allocator
 
 
@@ -298,7 +304,7 @@ def _device(fake: FakeBackend, own: int) -> None:
 
 def test_cumem_memory_left_mapped_is_a_leak_listed_by_bucket(cache_dir: Path) -> None:
     _seed_calibration(cache_dir)
-    fake = FakeBackend(["cuda:0"])
+    fake = FakeBackend(["cuda:0"], stands_for=("nvml",))
     _device(fake, 610 * MiB)  # the context exists at baseline
     allocator = CuMemAllocator()
     with _tracker(fake) as tracker:
@@ -327,7 +333,7 @@ def test_cumem_memory_left_mapped_is_a_leak_listed_by_bucket(cache_dir: Path) ->
 
 def test_cumem_memory_freed_in_shutdown_is_clean(cache_dir: Path) -> None:
     _seed_calibration(cache_dir)
-    fake = FakeBackend(["cuda:0"])
+    fake = FakeBackend(["cuda:0"], stands_for=("nvml",))
     _device(fake, 610 * MiB)
     allocator = CuMemAllocator()
     with _tracker(fake) as tracker:
@@ -344,7 +350,7 @@ def test_cumem_memory_freed_in_shutdown_is_clean(cache_dir: Path) -> None:
 
 def test_library_handles_do_not_push_growth_over_the_tolerance(cache_dir: Path) -> None:
     _seed_calibration(cache_dir)
-    fake = FakeBackend(["cuda:0"])
+    fake = FakeBackend(["cuda:0"], stands_for=("nvml",))
     _device(fake, 610 * MiB)
     with _tracker(fake) as tracker:
         _device(fake, (610 + 66 + 200) * MiB)  # 266 MiB > 256 MiB, 66 of them cuBLAS
@@ -359,7 +365,7 @@ def test_context_created_during_tracking_is_reported_at_its_measured_size(
     cache_dir: Path,
 ) -> None:
     _seed_calibration(cache_dir)
-    fake = FakeBackend(["cuda:0"])
+    fake = FakeBackend(["cuda:0"], stands_for=("nvml",))
     _device(fake, 0)
     with _tracker(fake) as tracker:
         _device(fake, (610 + 66) * MiB)
@@ -376,7 +382,7 @@ def test_memory_mapped_in_the_first_phase_is_not_taken_for_the_context(
     """The context appears during tracking and 300 MiB are mapped in the same phase:
     the smallest reading since then includes them; the measured context does not."""
     _seed_calibration(cache_dir)
-    fake = FakeBackend(["cuda:0"])
+    fake = FakeBackend(["cuda:0"], stands_for=("nvml",))
     _device(fake, 0)
     allocator = CuMemAllocator()
     with _tracker(fake) as tracker:
