@@ -50,6 +50,8 @@ __all__ = [
 FRAMEWORK_KINDS = frozenset({"context", "blas", "dnn", "nccl_kept"})
 """Holders that stay for the process' life by design: reported, never leaks."""
 
+_SEARCH_ABOVE = 4 * 1024**2
+"""Unexplained bytes outside torch above which the heap is searched for allocators."""
 _CUDNN_LIBRARIES = ("libcudnn_engines", "libcudnn_ops", "libcudnn_cnn", "libcudnn_adv")
 
 
@@ -169,8 +171,14 @@ def outside_holders(
                 "for this device; an NCCL group was seen in this process",
             )
         )
-    out.extend(_cumem_holders(index, objects))
     out.extend(_library_holders(index))
+    # The cuMem search walks the whole heap (forked when objects are frozen): only when
+    # the cheap holders leave memory unexplained, or torch counts more than the driver
+    # charges (a cuMem pool released behind torch's back).
+    own = int(reading.extra.get("own_used") or 0)
+    unexplained = own - (reading.reserved or 0) - sum(h.nbytes for h in out)
+    if objects is not None or unexplained > _SEARCH_ABOVE or (reading.reserved or 0) > own:
+        out.extend(_cumem_holders(index, objects))
     return out
 
 

@@ -222,6 +222,22 @@ def test_holders_name_calibrated_sizes_and_a_cumem_allocator_on_the_heap() -> No
     del allocator
 
 
+def test_the_heap_is_walked_only_when_cheap_holders_leave_memory_unexplained() -> None:
+    allocator = CuMemAllocator()
+    allocator.malloc(0, 64 * MiB)
+
+    def fake_calibrate(index: int, uuid: str, *, nccl: bool = False) -> Calibration:
+        return H200
+
+    explained = _reading((610 + 66) * MiB, reserved=0, uuid=UUID)  # context + cuBLAS
+    kinds = [h.kind for h in outside_holders("cuda:0", explained, calibrate_fn=fake_calibrate)]
+    assert "cumem" not in kinds  # no walk: nothing left to explain
+    more = _reading((610 + 66 + 64) * MiB, reserved=0, uuid=UUID)
+    kinds = [h.kind for h in outside_holders("cuda:0", more, calibrate_fn=fake_calibrate)]
+    assert "cumem" in kinds
+    del allocator
+
+
 def test_live_process_groups_are_named_with_rank_and_size() -> None:
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available():
