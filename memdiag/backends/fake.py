@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from memdiag.backends.base import Availability, BackendUnavailable
 from memdiag.values.readings import DeviceReading, ProcessUsage
@@ -30,6 +31,8 @@ class FakeDevice:
     """(monotonic time when it is released, bytes) for lazily released memory."""
     private_pools: dict[str, list[int]] = field(default_factory=dict)
     """``"a,b"`` -> [reserved, allocated] of private pools (part of ``reserved``)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What a real backend adds to a reading's ``extra`` (``uuid``, ``own_used``…)."""
 
 
 class FakeBackend:
@@ -43,8 +46,11 @@ class FakeBackend:
         *,
         unavailable: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stands_for: tuple[str, ...] = (),
     ) -> None:
         self._devices = {name: FakeDevice() for name in devices}
+        self._sources = (self.name, *stands_for)
+        """``stands_for``: the sources its readings claim besides ``fake`` (``nvml``)."""
         self._unavailable = unavailable
         self._clock = clock
         self.reads = 0
@@ -60,7 +66,9 @@ class FakeBackend:
             raise BackendUnavailable(self._unavailable)
         return tuple(self._devices)
 
-    def set(self, device: str, **values: int | tuple[ProcessUsage, ...] | None) -> None:
+    def set(
+        self, device: str, **values: int | tuple[ProcessUsage, ...] | dict[str, Any] | None
+    ) -> None:
         state = self._devices[device]
         for key, value in values.items():
             setattr(state, key, value)
@@ -97,7 +105,7 @@ class FakeBackend:
         self._apply_pending(state)
         return DeviceReading(
             device=device,
-            sources=(self.name,),
+            sources=self._sources,
             allocated=state.allocated,
             reserved=state.reserved,
             active=state.allocated,
@@ -108,6 +116,7 @@ class FakeBackend:
             process_used=state.process_used,
             processes=state.processes,
             time=self._clock(),
+            extra=dict(state.extra),
         )
 
     def set_pool(self, device: str, pool: tuple[int, int], reserved: int, allocated: int) -> None:

@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from memdiag.backends.base import Availability, BackendUnavailable
+from memdiag.backends.outside import note_nccl
 from memdiag.values.readings import HOST_PINNED, DeviceReading, pool_key, pool_of_key
 
 __all__ = ["HOST_PINNED", "TorchBackend", "pool_key", "pool_of_key"]
@@ -88,6 +89,7 @@ class TorchBackend:
             return self._read_pinned()
         index = self._index(device)
         now = time.monotonic()
+        note_nccl()  # NCCL keeps memory after its groups die: remember it was used
         if not self.initialized():
             return DeviceReading(
                 device=device,

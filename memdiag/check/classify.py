@@ -10,13 +10,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from memdiag.check.accounting import Accounting, framework_growth
 from memdiag.heap.census import Census, StorageRecord
 from memdiag.values.findings import Finding, FindingKind, TensorGroup
 from memdiag.values.readings import DeviceReading, ProcessUsage, pool_key
 from memdiag.values.result import PhaseRecord
 from memdiag.values.units import format_bytes, plural
 
-__all__ = ["Assessment", "DeviceAssessment", "assess", "classify"]
+__all__ = ["Assessment", "DeviceAssessment", "assess", "classify", "to_account"]
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,16 @@ def _groups(records: Sequence[StorageRecord]) -> tuple[TensorGroup, ...]:
     return tuple(groups)
 
 
+def to_account(assessment: Assessment) -> list[str]:
+    """Devices whose memory outside PyTorch needs its buckets named: it grew beyond
+    the tolerance, or a device context appeared during tracking."""
+    return [
+        device
+        for device, a in assessment.devices.items()
+        if a.context_bytes or (a.outside_growth or 0) > a.allowance
+    ]
+
+
 def classify(
     *,
     assessment: Assessment,
@@ -228,46 +239,95 @@ def classify(
     workspace: Mapping[str, int],
     freeze_before: int,
     freeze_now: int,
+    accounting: Mapping[str, Accounting] | None = None,
 ) -> list[Finding]:
-    """Findings for every device, leaks first, biggest first."""
+    """Findings for every device, leaks first, biggest first.
+
+    ``accounting``: the driver's figure of each device split into named buckets
+    (:func:`memdiag.check.accounting.account_devices`); the outside-PyTorch finding
+    lists them, and growth the framework's own holders explain is not a leak."""
     findings: list[Finding] = []
     for device, a in assessment.devices.items():
+        acc = (accounting or {}).get(device)
         findings.extend(_tensor_findings(a, census, freeze_before, freeze_now))
         findings.extend(_pool_findings(a))
-        findings.extend(_driver_findings(a))
-        findings.extend(_info_findings(a, workspace.get(device, 0)))
+        findings.extend(_driver_findings(a, acc))
+        findings.extend(_info_findings(a, workspace.get(device, 0), acc))
     findings.sort(key=lambda f: (not f.is_leak, -f.nbytes))
     return findings
+
+
+def _finding(
+    a: DeviceAssessment,
+    kind: FindingKind,
+    nbytes: int,
+    message: str,
+    *,
+    leak: bool,
+    advice: str = "",
+    tensors: tuple[TensorGroup, ...] = (),
+    storages: tuple[tuple[int, int, int], ...] = (),
+    processes: tuple[ProcessUsage, ...] = (),
+) -> Finding:
+    return Finding(
+        kind=kind,
+        device=a.device,
+        nbytes=nbytes,
+        is_leak=leak,
+        message=message,
+        advice=advice,
+        tensors=tensors,
+        storages=storages,
+        processes=processes,
+    )
+
+
+def _storage_finding(
+    a: DeviceAssessment,
+    kind: FindingKind,
+    records: Sequence[StorageRecord],
+    message: str,
+    advice: str,
+) -> Finding:
+    """A finding over leaked storages: a leak when they exceed the tolerance."""
+    nbytes = sum(r.nbytes for r in records)
+    return _finding(
+        a,
+        kind,
+        nbytes,
+        message,
+        leak=nbytes > a.allowance,
+        advice=advice,
+        tensors=_groups(records),
+        storages=tuple((r.key, r.nbytes, r.data_ptr) for r in records),
+    )
 
 
 def _tensor_findings(
     a: DeviceAssessment, census: Census | None, freeze_before: int, freeze_now: int
 ) -> list[Finding]:
     out: list[Finding] = []
-    device, allow = a.device, a.allowance
-    base_alloc = a.baseline.allocated
-    now_alloc = a.reading.allocated
+    allow = a.allowance
     counters = (
-        f"allocated {format_bytes(base_alloc or 0)} at baseline, "
-        f"{format_bytes(now_alloc or 0)} now, tolerance {format_bytes(allow)}"
+        f"allocated {format_bytes(a.baseline.allocated or 0)} at baseline, "
+        f"{format_bytes(a.reading.allocated or 0)} now, tolerance {format_bytes(allow)}"
     )
     if census is None:
         if "allocated" in a.reasons:
+            grown = a.allocated_growth or 0
             out.append(
-                Finding(
-                    kind=FindingKind.NATIVE,
-                    device=device,
-                    nbytes=a.allocated_growth or 0,
-                    is_leak=True,
-                    message=(
-                        f"{format_bytes(a.allocated_growth or 0)} still allocated after the "
-                        f"last phase ({counters}); the heap census could not run"
-                    ),
+                _finding(
+                    a,
+                    FindingKind.NATIVE,
+                    grown,
+                    f"{format_bytes(grown)} still allocated after the last phase ({counters}); "
+                    "the heap census could not run",
+                    leak=True,
                     advice="see the notices for why the census failed",
                 )
             )
         return out
-    records = [r for r in census.new if r.device == device]
+    records = [r for r in census.new if r.device == a.device]
     live = [r for r in records if not r.frozen]
     frozen = [r for r in records if r.frozen]
     live_bytes = sum(r.nbytes for r in live)
@@ -275,52 +335,39 @@ def _tensor_findings(
     if live_bytes:
         tensors = sum(r.tensor_count for r in live)
         out.append(
-            Finding(
-                kind=FindingKind.LIVE_TENSORS,
-                device=device,
-                nbytes=live_bytes,
-                is_leak=live_bytes > allow,
-                message=(
-                    f"{format_bytes(live_bytes)} in {plural(len(live), 'storage')} "
-                    f"({plural(tensors, 'tensor')}) "
-                    f"created since baseline are still alive ({counters})"
-                ),
-                advice="drop the references that keep them alive (retainers below) in shutdown",
-                tensors=_groups(live),
-                storages=tuple((r.key, r.nbytes, r.data_ptr) for r in live),
+            _storage_finding(
+                a,
+                FindingKind.LIVE_TENSORS,
+                live,
+                f"{format_bytes(live_bytes)} in {plural(len(live), 'storage')} "
+                f"({plural(tensors, 'tensor')}) "
+                f"created since baseline are still alive ({counters})",
+                "drop the references that keep them alive (retainers below) in shutdown",
             )
         )
     if frozen_bytes:
         out.append(
-            Finding(
-                kind=FindingKind.GC_FROZEN,
-                device=device,
-                nbytes=frozen_bytes,
-                is_leak=frozen_bytes > allow,
-                message=(
-                    f"{format_bytes(frozen_bytes)} in {plural(len(frozen), 'storage')} "
-                    "held only by "
-                    f"objects frozen with gc.freeze() ({plural(freeze_before, 'object')} frozen at "
-                    f"baseline, {freeze_now} now); frozen garbage is never collected"
-                ),
-                advice="call gc.unfreeze() in shutdown, paired with the gc.freeze() at start",
-                tensors=_groups(frozen),
-                storages=tuple((r.key, r.nbytes, r.data_ptr) for r in frozen),
+            _storage_finding(
+                a,
+                FindingKind.GC_FROZEN,
+                frozen,
+                f"{format_bytes(frozen_bytes)} in {plural(len(frozen), 'storage')} held only by "
+                f"objects frozen with gc.freeze() ({plural(freeze_before, 'object')} frozen at "
+                f"baseline, {freeze_now} now); frozen garbage is never collected",
+                "call gc.unfreeze() in shutdown, paired with the gc.freeze() at start",
             )
         )
-    if device != "cpu" and a.allocated_growth is not None:
+    if a.device != "cpu" and a.allocated_growth is not None:
         native = a.allocated_growth - live_bytes - frozen_bytes
         if native > allow:
             out.append(
-                Finding(
-                    kind=FindingKind.NATIVE,
-                    device=device,
-                    nbytes=native,
-                    is_leak=True,
-                    message=(
-                        f"{format_bytes(native)} still allocated is held by no Python tensor "
-                        f"({counters}; live tensors explain {format_bytes(live_bytes)})"
-                    ),
+                _finding(
+                    a,
+                    FindingKind.NATIVE,
+                    native,
+                    f"{format_bytes(native)} still allocated is held by no Python tensor "
+                    f"({counters}; live tensors explain {format_bytes(live_bytes)})",
+                    leak=True,
                     advice=(
                         "look for autograd graphs kept by a live output (.detach() what you "
                         "store), CUDA graphs, or C++ extensions that hold tensors"
@@ -335,18 +382,16 @@ def _pool_findings(a: DeviceAssessment) -> list[Finding]:
         return []
     names = ", ".join(f"{p.name} of {'/'.join(p.owners) or '?'}" for p in a.pools)
     total = a.pool_growth
+    plural = "s" if len(a.pools) != 1 else ""
     return [
-        Finding(
-            kind=FindingKind.PRIVATE_POOL,
-            device=a.device,
-            nbytes=total,
-            is_leak=True,
-            message=(
-                f"{format_bytes(total)} stays reserved in {len(a.pools)} private "
-                f"pool{'s' if len(a.pools) != 1 else ''} ({names}) that a live owner "
-                f"keeps; torch.cuda.empty_cache() cannot return it (tolerance "
-                f"{format_bytes(a.allowance)})"
-            ),
+        _finding(
+            a,
+            FindingKind.PRIVATE_POOL,
+            total,
+            f"{format_bytes(total)} stays reserved in {len(a.pools)} private pool{plural} "
+            f"({names}) that a live owner keeps; torch.cuda.empty_cache() cannot return it "
+            f"(tolerance {format_bytes(a.allowance)})",
+            leak=True,
             advice=(
                 "drop the CUDA graph / torch.cuda.MemPool that owns the pool (retainers "
                 "below) in shutdown; for torch.compile(mode='reduce-overhead') delete the "
@@ -357,40 +402,71 @@ def _pool_findings(a: DeviceAssessment) -> list[Finding]:
     ]
 
 
-def _driver_findings(a: DeviceAssessment) -> list[Finding]:
+def _outside_split(a: DeviceAssessment, acc: Accounting | None) -> tuple[int, int]:
+    """(growth outside PyTorch the framework's holders explain, the rest)."""
+    growth = a.outside_growth or 0
+    if acc is None:
+        return 0, growth
+    if a.context_bytes is not None and acc.of_kind("context"):
+        # The context appeared during tracking and its size is measured: everything
+        # outside PyTorch now is growth (the floor of the readings would hide memory
+        # mapped in the first phase), less the framework's holders.
+        now = a.reading.outside_torch or 0
+        explained = framework_growth(acc, now, before=0)
+        return explained, now - explained
+    explained = framework_growth(acc, growth, before=a.baseline.outside_torch or 0)
+    return explained, growth - explained
+
+
+def _outside_advice(acc: Accounting | None) -> str:
+    steps: list[str] = []
+    if acc is not None and acc.of_kind("nccl"):
+        steps.append(
+            "call torch.distributed.destroy_process_group() for each live process group "
+            "(its NCCL communicators) in shutdown"
+        )
+    if acc is not None and acc.of_kind("cumem"):
+        steps.append("free what the cuMem allocator still maps (its tensors, or sleep/free it)")
+    if acc is not None and acc.of_kind("library"):
+        steps.append("free other libraries' pools (cupy: free_all_blocks())")
+    steps.append("free memory of other libraries (TensorRT, custom cudaMalloc) in shutdown")
+    return "; ".join(steps)
+
+
+def _driver_findings(a: DeviceAssessment, acc: Accounting | None) -> list[Finding]:
     out: list[Finding] = []
-    if a.outside_growth is not None and a.outside_growth > a.driver_allowance:
+    framework, rest = _outside_split(a, acc)
+    if rest > a.driver_allowance:
+        known = f"; outside PyTorch now: {acc.describe_outside()}" if acc is not None else ""
+        handles = (
+            f" (and {format_bytes(framework)} of library handles and context, not a leak)"
+            if framework
+            else ""
+        )
         out.append(
-            Finding(
-                kind=FindingKind.OUTSIDE_TORCH,
-                device=a.device,
-                nbytes=a.outside_growth,
-                is_leak=True,
-                message=(
-                    f"{format_bytes(a.outside_growth)} more device memory is charged to this "
-                    "process outside PyTorch's allocator than at baseline (tolerance "
-                    f"{format_bytes(a.driver_allowance)})"
-                ),
-                advice=(
-                    "destroy NCCL communicators / process groups and free memory of other "
-                    "libraries (CuPy, TensorRT, custom cudaMalloc) in shutdown"
-                ),
+            _finding(
+                a,
+                FindingKind.OUTSIDE_TORCH,
+                rest,
+                f"{format_bytes(rest)} more device memory is charged to this process outside "
+                f"PyTorch's allocator than at baseline{handles} (tolerance "
+                f"{format_bytes(a.driver_allowance)}){known}",
+                leak=True,
+                advice=_outside_advice(acc),
             )
         )
     if a.other_growth > a.driver_allowance:
         procs = tuple(p for p, growth in a.other_processes if growth > 0)
         names = ", ".join(f"{p.pid} ({p.name or '?'}) {format_bytes(p.used)}" for p in procs)
         out.append(
-            Finding(
-                kind=FindingKind.OTHER_PROCESS,
-                device=a.device,
-                nbytes=a.other_growth,
-                is_leak=True,
-                message=(
-                    f"{format_bytes(a.other_growth)} is held by "
-                    f"{plural(len(procs), 'other process', 'other processes')} "
-                    f"of this process tree: {names}"
-                ),
+            _finding(
+                a,
+                FindingKind.OTHER_PROCESS,
+                a.other_growth,
+                f"{format_bytes(a.other_growth)} is held by "
+                f"{plural(len(procs), 'other process', 'other processes')} "
+                f"of this process tree: {names}",
+                leak=True,
                 advice="stop and join worker processes in shutdown",
                 processes=procs,
             )
@@ -398,91 +474,95 @@ def _driver_findings(a: DeviceAssessment) -> list[Finding]:
     if "driver_used" in a.reasons:
         grown = (a.reading.driver_used or 0) - (a.baseline.driver_used or 0)
         out.append(
-            Finding(
-                kind=FindingKind.OUTSIDE_TORCH,
-                device=a.device,
-                nbytes=grown,
-                is_leak=True,
-                message=(
-                    f"the driver reports {format_bytes(grown)} more used on {a.device} than "
-                    "at baseline, with no per-process readings to attribute it"
-                ),
+            _finding(
+                a,
+                FindingKind.OUTSIDE_TORCH,
+                grown,
+                f"the driver reports {format_bytes(grown)} more used on {a.device} than "
+                "at baseline, with no per-process readings to attribute it",
+                leak=True,
                 advice="check other processes on the device (nvidia-smi / amd-smi)",
             )
         )
     return out
 
 
-def _info_findings(a: DeviceAssessment, workspace: int) -> list[Finding]:
+def _cache_advice(a: DeviceAssessment) -> str:
+    if a.returnable is None:
+        return (
+            "torch.cuda.empty_cache() returns the cached segments nothing is allocated "
+            "in and no live CUDA graph or MemPool keeps"
+        )
+    if a.returnable > 0:
+        return f"torch.cuda.empty_cache() would return {format_bytes(a.returnable)}"
+    return (
+        "torch.cuda.empty_cache() would return nothing now: every cached segment "
+        "still holds a live block (fragmentation)"
+    )
+
+
+def _info_findings(a: DeviceAssessment, workspace: int, acc: Accounting | None) -> list[Finding]:
     out: list[Finding] = []
     cache = None if a.cache_growth is None else a.cache_growth - a.pool_growth
     if cache is not None and cache > a.allowance:
-        if a.returnable is None:
-            returns = (
-                "torch.cuda.empty_cache() returns the cached segments nothing is allocated "
-                "in and no live CUDA graph or MemPool keeps"
-            )
-        elif a.returnable > 0:
-            returns = f"torch.cuda.empty_cache() would return {format_bytes(a.returnable)}"
-        else:
-            returns = (
-                "torch.cuda.empty_cache() would return nothing now: every cached segment "
-                "still holds a live block (fragmentation)"
-            )
         out.append(
-            Finding(
-                kind=FindingKind.ALLOCATOR_CACHE,
-                device=a.device,
-                nbytes=cache,
-                is_leak=False,
-                message=(
-                    f"the caching allocator holds {format_bytes(cache)} more cached "
-                    "(reserved, not allocated) than at baseline; not a leak"
-                ),
+            _finding(
+                a,
+                FindingKind.ALLOCATOR_CACHE,
+                cache,
+                f"the caching allocator holds {format_bytes(cache)} more cached "
+                "(reserved, not allocated) than at baseline; not a leak",
+                leak=False,
                 advice=(
-                    f"{returns}; free old buffers before allocating bigger ones to lower the peak"
+                    f"{_cache_advice(a)}; free old buffers before allocating bigger ones "
+                    "to lower the peak"
                 ),
             )
         )
-    if a.outside_growth is not None and a.allowance < a.outside_growth <= a.driver_allowance:
+    framework, rest = _outside_split(a, acc)
+    growth = framework + rest
+    if growth > a.allowance and rest <= a.driver_allowance:
+        if acc is None:
+            what = " (cuBLAS handles and lazily loaded kernels stay for the process' life)"
+        else:
+            what = (
+                f" ({format_bytes(framework)} of it library handles and context); outside "
+                f"PyTorch now: {acc.describe_outside()}"
+            )
         out.append(
-            Finding(
-                kind=FindingKind.OUTSIDE_TORCH,
-                device=a.device,
-                nbytes=a.outside_growth,
-                is_leak=False,
-                message=(
-                    f"{format_bytes(a.outside_growth)} more is charged to this process outside "
-                    "PyTorch than at baseline, within the driver-level tolerance of "
-                    f"{format_bytes(a.driver_allowance)} (cuBLAS handles and lazily loaded "
-                    "kernels stay for the process' life)"
-                ),
+            _finding(
+                a,
+                FindingKind.OUTSIDE_TORCH,
+                growth,
+                f"{format_bytes(growth)} more is charged to this process outside PyTorch "
+                "than at baseline, within the driver-level tolerance of "
+                f"{format_bytes(a.driver_allowance)}{what}",
+                leak=False,
             )
         )
     if workspace > 0:
         out.append(
-            Finding(
-                kind=FindingKind.WORKSPACE,
-                device=a.device,
-                nbytes=workspace,
-                is_leak=False,
-                message=(
-                    f"{format_bytes(workspace)} of framework workspaces (cuBLAS) were freed "
-                    "while settling; not a leak"
-                ),
+            _finding(
+                a,
+                FindingKind.WORKSPACE,
+                workspace,
+                f"{format_bytes(workspace)} of framework workspaces (cuBLAS) were freed "
+                "while settling; not a leak",
+                leak=False,
             )
         )
     if a.context_bytes:
+        measured = acc.of_kind("context") if acc is not None else ()
+        size = measured[0].nbytes if measured else a.context_bytes
+        how = "measured once for this device" if measured else "estimated from its first reading"
         out.append(
-            Finding(
-                kind=FindingKind.CONTEXT,
-                device=a.device,
-                nbytes=a.context_bytes,
-                is_leak=False,
-                message=(
-                    f"the device context was created during tracking and takes "
-                    f"{format_bytes(a.context_bytes)} outside PyTorch for the process' life"
-                ),
+            _finding(
+                a,
+                FindingKind.CONTEXT,
+                size,
+                f"the device context was created during tracking and takes "
+                f"{format_bytes(size)} outside PyTorch for the process' life ({how})",
+                leak=False,
             )
         )
     return out

@@ -25,7 +25,8 @@ from typing import Any
 
 from memdiag.backends.base import BackendUnavailable
 from memdiag.backends.registry import Selection, select
-from memdiag.check.classify import Assessment, assess, classify
+from memdiag.check.accounting import account_devices
+from memdiag.check.classify import Assessment, assess, classify, to_account
 from memdiag.check.settle import SettleOutcome, poll_until_settled, settle_clock
 from memdiag.check.signals import deferred_signals
 from memdiag.heap.census import Census, StorageLedger, ledger_deaths, new_storage_bytes, take_census
@@ -583,15 +584,19 @@ class Tracker:
         notices: list[str] | None = None,
     ) -> CheckResult:
         assert self.selection is not None
+        accounting = account_devices(readings, to_account(assessment))
         findings = classify(
             assessment=assessment,
             census=census,
             workspace=workspace or {},
             freeze_before=self._baseline_freeze,
             freeze_now=gc.get_freeze_count(),
+            accounting=accounting,
         )
         all_notices = list(self.selection.notices) + self._start_notices + list(notices or [])
         analysis: dict[str, Any] = {}
+        if accounting:
+            analysis["accounting"] = {d: acc.to_json() for d, acc in accounting.items()}
         if census is not None and self.analyze and any(f.storages and f.is_leak for f in findings):
             findings, analysis, extra = attach_retainers(
                 findings, record_alloc_stacks=self.record_alloc_stacks

@@ -16,6 +16,7 @@ read tensor metadata only (``data_ptr``, ``nbytes``, ``shape``, ``dtype``).
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import pickle
 import select
@@ -23,14 +24,14 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
 _monotonic = time.monotonic  # captured: a program's fake clock must not stop the timeout
 
-__all__ = ["HeapError", "HeapView", "call_with_full_heap", "freeze_count"]
+__all__ = ["HeapError", "HeapView", "call_with_full_heap", "find_instances", "freeze_count"]
 
 
 class HeapError(RuntimeError):
@@ -75,6 +76,29 @@ def call_with_full_heap(fn: Callable[[HeapView], T], *, timeout: float = 300.0) 
             "has no os.fork to inspect them without changing the freeze state"
         )
     return _call_in_fork(fn, timeout)
+
+
+def find_instances(
+    wanted: Callable[[type], bool],
+    describe: Callable[[object], T | None],
+    objects: Iterable[object] | None = None,
+) -> list[T]:
+    """``describe(obj)`` for every object on the whole heap (frozen objects included)
+    whose type ``wanted`` accepts; ``None`` results are dropped.  One pass; ``wanted``
+    is asked once per type.  With frozen objects it runs in a forked child (see
+    :func:`call_with_full_heap`): ``describe`` must return plain, picklable data and
+    must not launch device work.  ``objects`` replaces the heap (tests)."""
+
+    def scan(heap: list[object]) -> list[T]:
+        types = {tp for tp in set(map(type, heap)) if wanted(tp)}
+        if not types:
+            return []
+        hits = itertools.compress(heap, map(types.__contains__, map(type, heap)))
+        return [d for d in map(describe, hits) if d is not None]
+
+    if objects is not None:
+        return scan(list(objects))
+    return call_with_full_heap(lambda view: scan(view.objects))
 
 
 def _child_view() -> HeapView:

@@ -14,13 +14,12 @@ Owners are recognised by type (never ``isinstance``, which asks proxies for thei
 
 from __future__ import annotations
 
-import gc
-import itertools
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 from memdiag.heap.introspect import subclasses
+from memdiag.heap.view import find_instances
 
 __all__ = ["live_pools", "owner_types", "pool_of"]
 
@@ -64,18 +63,21 @@ def pool_of(obj: object) -> Pool | None:
         return None
 
 
+def _owned(obj: object) -> tuple[Pool, str] | None:
+    pool = pool_of(obj)
+    return None if pool is None else (pool, type(obj).__qualname__)
+
+
 def live_pools(objects: Iterable[object] | None = None) -> dict[Pool, list[str]]:
-    """Pools with a live owner on the heap -> the owners' type names."""
-    types_ = set(owner_types())
+    """Pools with a live owner on the heap -> the owners' type names.
+
+    Owners frozen by ``gc.freeze()`` count: the heap is read through
+    :func:`~memdiag.heap.view.find_instances` (a forked walk when anything is frozen;
+    reading a graph's or pool's id there is bookkeeping, no device work)."""
+    types_ = frozenset(owner_types())
     if not types_:
         return {}
-    heap = gc.get_objects() if objects is None else list(objects)
     out: dict[Pool, list[str]] = {}
-    try:
-        for obj in itertools.compress(heap, map(types_.__contains__, map(type, heap))):
-            pool = pool_of(obj)
-            if pool is not None:
-                out.setdefault(pool, []).append(type(obj).__qualname__)
-    finally:
-        del heap
+    for pool, name in find_instances(types_.__contains__, _owned, objects):
+        out.setdefault(pool, []).append(name)
     return out

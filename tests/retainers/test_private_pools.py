@@ -6,6 +6,7 @@ Scripted allocator readings (no GPU here) and a real owner object: torch.compile
 
 from __future__ import annotations
 
+import gc
 import types
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ import pytest
 from memdiag.backends.fake import FakeBackend
 from memdiag.backends.registry import Selection
 from memdiag.check.tracker import Tracker
+from memdiag.retainers.pools import live_pools
 from memdiag.values.findings import FindingKind
 
 MiB = 1024**2
@@ -93,3 +95,28 @@ def test_pool_that_existed_at_baseline_is_not_blamed(tree_manager: object) -> No
     del keep
     result = tracker.result
     assert result is not None and not result.leaked, result.findings
+
+
+def test_owner_frozen_by_gc_freeze_still_keeps_its_pool(
+    tree_manager: object, leak_module: types.ModuleType
+) -> None:
+    """gc.freeze() hides the owner from gc.get_objects(); the owner search reads the
+    whole heap (a forked walk), so the pool is still a leak, not returnable cache."""
+    fake = FakeBackend(["cuda:0"])
+    frozen_before = gc.get_freeze_count()
+    with _tracker(fake) as tracker:
+        leak_module.ENGINE = {"graphs": tree_manager}
+        gc.freeze()
+        try:
+            assert tree_manager not in gc.get_objects()
+            assert live_pools() == {POOL: ["CUDAGraphTreeManager"]}
+            _graph_kept(fake)
+            result = tracker.check()
+        finally:
+            gc.unfreeze()
+    assert gc.get_freeze_count() <= frozen_before
+    assert result.leaked
+    first = result.findings[0]
+    assert first.kind is FindingKind.PRIVATE_POOL, result.findings
+    assert "(0, 7) of CUDAGraphTreeManager" in first.message
+    assert not [f for f in result.findings if f.kind is FindingKind.ALLOCATOR_CACHE]
