@@ -29,7 +29,7 @@ from memdiag.check.accounting import account_devices
 from memdiag.check.classify import Assessment, assess, classify, to_account
 from memdiag.check.settle import SettleOutcome, poll_until_settled, settle_clock
 from memdiag.heap.census import Census, StorageLedger, ledger_deaths, take_census
-from memdiag.heap.hostmem import HostCounters, grew, host_counters, moved
+from memdiag.heap.hostmem import HostCounters, host_counters, moved
 from memdiag.processes.distributed import (
     GroupState,
     process_group_findings,
@@ -53,10 +53,6 @@ H200 (CUDA 13, torch 2.11): the first matmul creates a cuBLAS handle that takes
 66 MiB outside PyTorch for the life of the process, and lazily loaded kernel
 modules add a few MiB more; an NCCL communicator or a leaked worker is far larger."""
 DEFAULT_SETTLE = 1.0
-_LEDGER_DRIFT = 256 * 1024
-"""A shared ledger is refreshed once the host counters moved this much since its last
-refresh (less when the tolerance is small): new storages it does not know are counted
-as baseline memory by a gated check, so they are kept under this bound."""
 
 _ACTIVE: list[Tracker] = []
 _ACTIVE_LOCK = threading.Lock()
@@ -172,6 +168,8 @@ class Tracker:
         self._baseline_freeze = 0
         self.gate_reason: str | None = None
         """Why the last gated CPU reading had to walk the heap (``None``: it did not)."""
+        self.walked: StorageLedger | None = None
+        """The storages alive at the last CPU walk a tripped gate made (shared ledger)."""
         self._started = False
         self._tree_pids: frozenset[int] = frozenset()
         self.result: CheckResult | None = None
@@ -195,11 +193,7 @@ class Tracker:
         if self._own_ledger:
             self._ledger = StorageLedger()
             self._ledger.refresh()
-        gate_cpu = self._gate_wanted and "cpu" in self.selection.devices
-        counters = host_counters() if gate_cpu else None
-        if counters is not None and self._ledger is not None:
-            if self._refresh_drifted_ledger(self._ledger, counters):
-                counters = host_counters()
+        counters = host_counters() if self.gated else None
         if self.record_alloc_stacks:
             from memdiag.heap.alloc_stacks import start_recording
 
@@ -290,6 +284,8 @@ class Tracker:
         for device in self.selection.devices:
             if device == "cpu" and gated and self._gate_base is not None:
                 gated_reading = self._gated_cpu(baseline)
+                if gated_reading is None and not baseline and not self._own_ledger:
+                    gated_reading = self._walked_cpu()
                 if gated_reading is not None:
                     readings[device] = gated_reading
                     continue
@@ -303,20 +299,15 @@ class Tracker:
             readings[device] = merged or DeviceReading(device=device, time=time.monotonic())
         return readings
 
+    @property
+    def gated(self) -> bool:
+        """Whether the CPU reading goes through the host counters (see ``gate``)."""
+        devices = self.selection.devices if self.selection is not None else ()
+        return self._gate_wanted and "cpu" in devices
+
     def gate_slack(self) -> int:
         """Bytes the host counters may move before the CPU census must run."""
         return self.allowance("cpu", None)
-
-    def _refresh_drifted_ledger(self, ledger: StorageLedger, now: HostCounters) -> bool:
-        """Refresh a shared ledger when storages may have been created since its last
-        refresh and still live (the gated baseline counts only the ledger's storages);
-        returns whether it did."""
-        then = ledger.counters
-        slack = min(self.gate_slack() // 4, _LEDGER_DRIFT)
-        if then is None or grew(then, now, slack):
-            ledger.refresh()
-            return True
-        return False
 
     def _gated_cpu(self, baseline: bool) -> DeviceReading | None:
         """The CPU reading from the host counters, or ``None`` when a census must run.
@@ -343,12 +334,28 @@ class Tracker:
                 return None
             allocated = None
             extra["census"] = "skipped: host counters within the tolerance since baseline"
+            extra["gated"] = True
         return DeviceReading(
             device="cpu",
             sources=("hostmem",),
             allocated=allocated,
             time=time.monotonic(),
             extra=extra,
+        )
+
+    def _walked_cpu(self) -> DeviceReading:
+        """The CPU reading when the gate tripped on a shared ledger: one walk that sizes
+        the live CPU storages and records them all, so that the series can take it as
+        its ledger's refresh if the check passes (:attr:`walked`), not walk again."""
+        fresh = StorageLedger()
+        fresh.refresh()
+        self.walked = fresh
+        return DeviceReading(
+            device="cpu",
+            sources=("cpu",),
+            allocated=fresh.live_bytes("cpu"),
+            time=time.monotonic(),
+            extra={"census": "storages walked: the host counters moved"},
         )
 
     def _with_pools(

@@ -48,9 +48,9 @@ from memdiag.report.known import apply_known
 from memdiag.values.result import CheckResult
 
 from . import describe, reporting
-from .isolation import CUDA_REFUSAL, Isolation, child_events_path, cuda_initialized, wants_fork
+from .isolation import CUDA_REFUSAL, Isolation, cuda_initialized, wants_fork
 from .marks import closest, options_from
-from .options import Settings
+from .options import Settings, child_events_path
 from .runs import (
     RANK,
     CheckRun,
@@ -88,6 +88,9 @@ class LeakCheckManager:
         self.isolation = (
             None if child_events_path() is not None else Isolation(config, settings.isolate)
         )
+        # JUnit properties only where a JUnit file is written (a spawned child's parent
+        # may write one: the child cannot tell, so it always attaches them).
+        self._junit = bool(getattr(config.option, "xmlpath", None)) or self.isolation is None
 
     # -- which tests ---------------------------------------------------------------------------
     def _mark_of(self, node: pytest.Item | pytest.Collector) -> pytest.Mark | None:
@@ -442,6 +445,7 @@ class LeakCheckManager:
             blame=blame,
             overhead_s=run.overhead_s,
             full_result=bool(self.settings.json_path),
+            junit=self._junit,
         )
         if failure is None:
             return
