@@ -70,11 +70,12 @@ class CheckSeries:
             collect_at_start=False,
             name=name,
         )
-        refreshed = self._stale or self._host_drifted(tracker)
-        if refreshed:
-            self.ledger.refresh()
-            self._stale = False
-        tracker.start()
+        with tracker.spending():
+            refreshed = self._stale or self._host_drifted(tracker)
+            if refreshed:
+                self.ledger.refresh()
+                self._stale = False
+            tracker.start()
         if refreshed:
             self._at_refresh = dict(tracker.baseline)
         return tracker

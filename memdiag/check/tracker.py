@@ -171,6 +171,11 @@ class Tracker:
         self.walked: StorageLedger | None = None
         """The storages alive at the last CPU walk a tripped gate made (shared ledger)."""
         self._started = False
+        self.spent_s = 0.0
+        """Seconds spent measuring: the baseline, phases, readings and the check, and
+        what :class:`~memdiag.check.series.CheckSeries` and
+        :class:`~memdiag.check.exclusion.Exclusion` do for this tracker."""
+        self._spending = 0
         self._tree_pids: frozenset[int] = frozenset()
         self.result: CheckResult | None = None
         self._procs = ProcessWatch() if watch_processes else None
@@ -182,8 +187,24 @@ class Tracker:
         )
 
     # -- lifecycle -----------------------------------------------------------------
+    @contextmanager
+    def spending(self) -> Iterator[None]:
+        """Count the time inside into :attr:`spent_s` (the outermost use counts)."""
+        self._spending += 1
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._spending -= 1
+            if not self._spending:
+                self.spent_s += time.perf_counter() - t0
+
     def start(self) -> Tracker:
         """Take the baseline and become the active tracker."""
+        with self.spending():
+            return self._start()
+
+    def _start(self) -> Tracker:
         if self._started:
             raise RuntimeError("this tracker has already started")
         spec = self._device_spec
@@ -273,7 +294,8 @@ class Tracker:
 
     def read(self) -> dict[str, DeviceReading]:
         """One reading of every device, merged across backends (on ``cpu``: a census)."""
-        return self._read()
+        with self.spending():
+            return self._read()
 
     def _read(self, *, gated: bool = False, baseline: bool = False) -> dict[str, DeviceReading]:
         """``gated``: on ``cpu`` with the gate on, the host counters stand in for the
@@ -397,6 +419,10 @@ class Tracker:
 
     def end_phase(self, name: str | None = None) -> PhaseRecord | None:
         """Record the open phase's end reading and peaks; reset the peak counters."""
+        with self.spending():
+            return self._end_phase(name)
+
+    def _end_phase(self, name: str | None) -> PhaseRecord | None:
         if self._open is None or (name is not None and self._open.name != name):
             return None
         readings = self.read()
@@ -445,6 +471,10 @@ class Tracker:
 
     def check(self) -> CheckResult:
         """The final check: cheap path first, then settle, then classify."""
+        with self.spending():
+            return self._check()
+
+    def _check(self) -> CheckResult:
         assert self.selection is not None, "start() the tracker first"
         t0 = time.perf_counter()
         if self._open is not None:
