@@ -14,6 +14,7 @@ from memdiag.check.series import CheckSeries
 from memdiag.check.tracker import Tracker
 from memdiag.heap.census import StorageLedger
 from memdiag.heap.hostmem import HostCounters, host_counters, moved
+from memdiag.report.session import device_numbers
 from memdiag.values.findings import FindingKind
 
 MiB = 1024**2
@@ -94,6 +95,9 @@ def test_a_passing_check_reads_counters_only() -> None:
     final = result.devices[0].final
     assert final.allocated is None and "skipped" in final.extra["census"]
     assert tracker.gate_reason is None
+    # The session report still gets its numbers: nothing sized above the baseline.
+    (numbers,) = device_numbers(result)
+    assert (numbers.device, numbers.peak, numbers.end, numbers.leaked) == ("cpu", 0, 0, 0)
 
 
 @needs_counters
