@@ -34,9 +34,10 @@ class Exclusion:
         self._known: StorageLedger | None = None
 
     def start(self) -> Exclusion:
-        self._known = StorageLedger()
-        self._known.refresh()
-        self._before = self.tracker.read()
+        with self.tracker.spending():
+            self._known = StorageLedger()
+            self._known.refresh()
+            self._before = self.tracker.read()
         return self
 
     def end(self) -> None:
@@ -45,16 +46,17 @@ class Exclusion:
         if before is None or known is None:
             return
         self._before = self._known = None
-        after = self.tracker.read()
-        self.tracker.rebaseline(
-            {
-                device: shifted(base, before[device], after[device])
-                for device, base in self.tracker.baseline.items()
-                if device in before and device in after
-            }
-        )
-        self.tracker.ledger.adopt_new(known)
-        known.clear()
+        with self.tracker.spending():
+            after = self.tracker.read()
+            self.tracker.rebaseline(
+                {
+                    device: shifted(base, before[device], after[device])
+                    for device, base in self.tracker.baseline.items()
+                    if device in before and device in after
+                }
+            )
+            self.tracker.ledger.adopt_new(known)
+            known.clear()
 
     def __enter__(self) -> Exclusion:
         return self.start()

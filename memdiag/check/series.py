@@ -7,7 +7,10 @@ no heap walk at the baseline; a :class:`CheckSeries` keeps one
 the heap's tensors) only when it may be wrong: before the first baseline, after
 something outside the series' checks allocated (:meth:`CheckSeries.mark_stale`:
 a fixture of wider scope was set up), after a leak, and when memory kept by passing
-checks drifted by more than half the tolerance since the last refresh.  A passing
+checks drifted since the last refresh (storages made then and still alive are not
+in the ledger, so a gated baseline would miss them).  Drift is read from what the
+checks read anyway: the host counters (:mod:`memdiag.heap.hostmem`) where the CPU
+goes through the gate, the devices' ``allocated`` counters elsewhere.  A passing
 check in between reads counters only.
 """
 
@@ -18,11 +21,22 @@ from collections.abc import Mapping
 from memdiag.backends.registry import Selection
 from memdiag.check.tracker import Tracker
 from memdiag.heap.census import StorageLedger
+from memdiag.heap.hostmem import host_counters
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult
 from memdiag.values.units import Tolerance
 
-__all__ = ["CheckSeries"]
+LEDGER_DRIFT = 256 * 1024
+"""Growth of malloc'd bytes since the last refresh that triggers the next one (less
+when the tolerance is small: at most a quarter of it).  Storages the ledger does not
+know count as created since baseline when a later check's gate trips and the census
+runs, so they are kept under this bound."""
+MAPPED_DRIFT = 4 * 1024**2
+"""The same for memory mapped outside malloc (shared-memory and file-backed tensors),
+which also grows by Python's own 1 MiB object arenas as pytest keeps its reports: a
+refresh per arena would be a heap walk every few hundred tests."""
+
+__all__ = ["LEDGER_DRIFT", "MAPPED_DRIFT", "CheckSeries"]
 
 
 class CheckSeries:
@@ -47,10 +61,6 @@ class CheckSeries:
         name: str,
     ) -> Tracker:
         """A started tracker whose baseline is now (no ``gc.collect()``: it stays cheap)."""
-        refreshed = self._stale
-        if refreshed:
-            self.ledger.refresh()
-            self._stale = False
         tracker = Tracker(
             device=self.selection,
             tolerance=tolerance,
@@ -59,16 +69,49 @@ class CheckSeries:
             record_alloc_stacks=self.record_alloc_stacks,
             collect_at_start=False,
             name=name,
-        ).start()
+        )
+        with tracker.spending():
+            refreshed = self._stale or self._host_drifted(tracker)
+            if refreshed:
+                self.ledger.refresh()
+                self._stale = False
+            tracker.start()
         if refreshed:
             self._at_refresh = dict(tracker.baseline)
         return tracker
 
+    def _host_drifted(self, tracker: Tracker) -> bool:
+        """The host counters grew since the ledger's refresh by more than the bound."""
+        if "cpu" not in self.selection.devices:
+            return False
+        then = self.ledger.counters
+        now = host_counters()
+        if then is None or now is None:
+            return now is not None
+        slack = min(tracker.gate_slack() // 4, LEDGER_DRIFT)
+        return (
+            now.malloc_in_use - then.malloc_in_use > slack
+            or now.mapped_other - then.mapped_other > max(slack, MAPPED_DRIFT)
+        )
+
     def check(self, tracker: Tracker) -> CheckResult:
         """``tracker.check()``, noting whether the ledger needs a refresh afterwards."""
         result = tracker.check()
+        walked, tracker.walked = tracker.walked, None
         if result.leaked:
             self._stale = True
+            return result
+        if walked is not None:
+            # The gate tripped and the check walked the heap anyway: that walk is the
+            # refresh the moved counters call for (no second walk at the next start).
+            ledger = self.ledger
+            ledger.refs, ledger.strong_keys, ledger.counters = (
+                walked.refs,
+                walked.strong_keys,
+                walked.counters,
+            )
+            self._stale = False
+            self._at_refresh = {check.device: check.final for check in result.devices}
             return result
         for check in result.devices:
             then = self._at_refresh.get(check.device)

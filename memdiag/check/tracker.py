@@ -30,7 +30,7 @@ from memdiag.check.classify import Assessment, assess, classify, to_account
 from memdiag.check.settle import SettleOutcome, poll_until_settled, settle_clock
 from memdiag.check.signals import deferred_signals
 from memdiag.heap.census import Census, StorageLedger, ledger_deaths, new_storage_bytes, take_census
-from memdiag.heap.hostmem import HostCounters, grew, host_counters, moved
+from memdiag.heap.hostmem import HostCounters, host_counters, moved
 from memdiag.processes.distributed import (
     GroupState,
     process_group_findings,
@@ -54,10 +54,6 @@ H200 (CUDA 13, torch 2.11): the first matmul creates a cuBLAS handle that takes
 66 MiB outside PyTorch for the life of the process, and lazily loaded kernel
 modules add a few MiB more; an NCCL communicator or a leaked worker is far larger."""
 DEFAULT_SETTLE = 1.0
-_LEDGER_DRIFT = 256 * 1024
-"""A shared ledger is refreshed once the host counters moved this much since its last
-refresh (less when the tolerance is small): new storages it does not know are counted
-as baseline memory by a gated check, so they are kept under this bound."""
 
 _monotonic = time.monotonic
 _perf_counter = time.perf_counter
@@ -178,8 +174,15 @@ class Tracker:
         self._baseline_freeze = 0
         self.gate_reason: str | None = None
         """Why the last gated CPU reading had to walk the heap (``None``: it did not)."""
+        self.walked: StorageLedger | None = None
+        """The storages alive at the last CPU walk a tripped gate made (shared ledger)."""
         self._started = False
         self._start_notices: list[str] = []
+        self.spent_s = 0.0
+        """Seconds spent measuring: the baseline, phases, readings and the check, and
+        what :class:`~memdiag.check.series.CheckSeries` and
+        :class:`~memdiag.check.exclusion.Exclusion` do for this tracker."""
+        self._spending = 0
         self._tree_pids: frozenset[int] = frozenset()
         self.result: CheckResult | None = None
         self._procs = ProcessWatch() if watch_processes else None
@@ -191,8 +194,24 @@ class Tracker:
         )
 
     # -- lifecycle -----------------------------------------------------------------
+    @contextmanager
+    def spending(self) -> Iterator[None]:
+        """Count the time inside into :attr:`spent_s` (the outermost use counts)."""
+        self._spending += 1
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._spending -= 1
+            if not self._spending:
+                self.spent_s += time.perf_counter() - t0
+
     def start(self) -> Tracker:
         """Take the baseline and become the active tracker."""
+        with self.spending():
+            return self._start()
+
+    def _start(self) -> Tracker:
         if self._started:
             raise RuntimeError("this tracker has already started")
         spec = self._device_spec
@@ -202,11 +221,7 @@ class Tracker:
         if self._own_ledger:
             self._ledger = StorageLedger()
             self._ledger.refresh()
-        gate_cpu = self._gate_wanted and "cpu" in self.selection.devices
-        counters = host_counters() if gate_cpu else None
-        if counters is not None and self._ledger is not None:
-            if self._refresh_drifted_ledger(self._ledger, counters):
-                counters = host_counters()
+        counters = host_counters() if self.gated else None
         if self.record_alloc_stacks:
             from memdiag.heap.alloc_stacks import start_recording
 
@@ -287,7 +302,8 @@ class Tracker:
 
     def read(self) -> dict[str, DeviceReading]:
         """One reading of every device, merged across backends (on ``cpu``: a census)."""
-        return self._read()
+        with self.spending():
+            return self._read()
 
     def _read(self, *, gated: bool = False, baseline: bool = False) -> dict[str, DeviceReading]:
         """``gated``: on ``cpu`` with the gate on, the host counters stand in for the
@@ -298,6 +314,8 @@ class Tracker:
         for device in self.selection.devices:
             if device == "cpu" and gated and self._gate_base is not None:
                 gated_reading = self._gated_cpu(baseline)
+                if gated_reading is None and not baseline and not self._own_ledger:
+                    gated_reading = self._walked_cpu()
                 if gated_reading is not None:
                     readings[device] = gated_reading
                     continue
@@ -311,20 +329,15 @@ class Tracker:
             readings[device] = merged or DeviceReading(device=device, time=_monotonic())
         return readings
 
+    @property
+    def gated(self) -> bool:
+        """Whether the CPU reading goes through the host counters (see ``gate``)."""
+        devices = self.selection.devices if self.selection is not None else ()
+        return self._gate_wanted and "cpu" in devices
+
     def gate_slack(self) -> int:
         """Bytes the host counters may move before the CPU census must run."""
         return self.allowance("cpu", None)
-
-    def _refresh_drifted_ledger(self, ledger: StorageLedger, now: HostCounters) -> bool:
-        """Refresh a shared ledger when storages may have been created since its last
-        refresh and still live (the gated baseline counts only the ledger's storages);
-        returns whether it did."""
-        then = ledger.counters
-        slack = min(self.gate_slack() // 4, _LEDGER_DRIFT)
-        if then is None or grew(then, now, slack):
-            ledger.refresh()
-            return True
-        return False
 
     def _gated_cpu(self, baseline: bool) -> DeviceReading | None:
         """The CPU reading from the host counters, or ``None`` when a census must run.
@@ -351,12 +364,28 @@ class Tracker:
                 return None
             allocated = None
             extra["census"] = "skipped: host counters within the tolerance since baseline"
+            extra["gated"] = True
         return DeviceReading(
             device="cpu",
             sources=("hostmem",),
             allocated=allocated,
             time=time.monotonic(),
             extra=extra,
+        )
+
+    def _walked_cpu(self) -> DeviceReading:
+        """The CPU reading when the gate tripped on a shared ledger: one walk that sizes
+        the live CPU storages and records them all, so that the series can take it as
+        its ledger's refresh if the check passes (:attr:`walked`), not walk again."""
+        fresh = StorageLedger()
+        fresh.refresh()
+        self.walked = fresh
+        return DeviceReading(
+            device="cpu",
+            sources=("cpu",),
+            allocated=fresh.live_bytes("cpu"),
+            time=time.monotonic(),
+            extra={"census": "storages walked: the host counters moved"},
         )
 
     def _with_pools(
@@ -400,6 +429,10 @@ class Tracker:
     def end_phase(self, name: str | None = None) -> PhaseRecord | None:
         """Record the open phase's end reading and peaks; reset the peak counters."""
         name = None if name is None else _phase_name(name)
+        with self.spending():
+            return self._end_phase(name)
+
+    def _end_phase(self, name: str | None) -> PhaseRecord | None:
         if self._open is None or (name is not None and self._open.name != name):
             return None
         readings = self.read()
@@ -466,7 +499,7 @@ class Tracker:
         Signals the program handles in Python (SIGALRM, SIGTERM, ...) that arrive
         meanwhile are held and delivered to its handlers once the check is done, so a
         handler that raises cannot interrupt ``gc.collect()`` or the heap walk."""
-        with deferred_signals():
+        with deferred_signals(), self.spending():
             return self._check()
 
     def _check(self) -> CheckResult:
@@ -478,11 +511,11 @@ class Tracker:
         assessment = self._assess(readings)
         freeze_grew = gc.get_freeze_count() > self._baseline_freeze
         pending = self._processes_pending(readings)  # observes the tree: always called
-        if assessment.clean and not freeze_grew and not pending and not self._census_grew():
+        if assessment.clean and not freeze_grew and not pending and not self._census_grew(readings):
             return self._finish(readings, assessment, None, cheap=True, settle_s=0.0, t0=t0)
         readings, assessment, settle_s, workspace = self._settle(readings, assessment)
         # nothing left for a heap walk to explain?
-        if assessment.clean and not freeze_grew and not self._census_grew():
+        if assessment.clean and not freeze_grew and not self._census_grew(readings):
             return self._finish(
                 readings,
                 assessment,
@@ -510,12 +543,17 @@ class Tracker:
             notices=notices,
         )
 
-    def _census_grew(self) -> bool:
+    def _census_grew(self, readings: Mapping[str, DeviceReading]) -> bool:
         """Where a census reads a device (CPU tensors), the verdict counts storages
         created since baseline and still alive, not net bytes: freeing a tensor that
-        existed at baseline must not hide a new one of the same size."""
+        existed at baseline must not hide a new one of the same size.  A CPU reading
+        the host counters let through (within the tolerance, no baseline storage
+        freed) rules that out without a walk."""
         assert self.selection is not None
         if self._ledger is None:
+            return False
+        cpu = readings.get("cpu")
+        if cpu is not None and cpu.extra.get("gated"):
             return False
         counted = [
             d

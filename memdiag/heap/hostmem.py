@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HostCounters", "grew", "host_counters", "moved"]
+__all__ = ["HostCounters", "host_counters", "moved"]
 
 
 class _MallInfo2(ctypes.Structure):
@@ -138,11 +138,3 @@ def moved(before: HostCounters, after: HostCounters, slack: int) -> str | None:
                 "freed memory could offset new tensors"
             )
     return None
-
-
-def grew(before: HostCounters, after: HostCounters, slack: int) -> bool:
-    """Whether either counter rose by more than ``slack`` (falls do not count)."""
-    return (
-        after.malloc_in_use - before.malloc_in_use > slack
-        or after.mapped_other - before.mapped_other > slack
-    )

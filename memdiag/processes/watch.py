@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from memdiag.processes.proctree import cmdline as proc_cmdline
-from memdiag.processes.proctree import process_tree, stat_fields
+from memdiag.processes.proctree import pid_cursor, process_tree, stat_fields
 from memdiag.values.findings import Finding, FindingKind
 from memdiag.values.readings import DeviceReading, ProcessUsage
 from memdiag.values.units import format_bytes
@@ -117,13 +117,20 @@ class _Exit:
     released: float | None = None
 
 
+_BASELINE: tuple[int, int, dict[int, ProcessRecord]] | None = None
+"""(root, PID cursor, records) of the last baseline scan: a baseline taken while the
+cursor has not moved reuses it (the per-test trackers of a suite do)."""
+
+
 class ProcessWatch:
     """Follows this process' tree through the tracker's phases.
 
     Call :meth:`start` with the baseline readings, :meth:`phase_end` with each phase's
     end readings, :meth:`observe` with every reading the check takes while it settles,
-    and :meth:`findings` with the final readings.  Every call is a short walk of our
-    own subtree in ``/proc``; readings are only looked at, never taken.
+    and :meth:`findings` with the final readings.  Each call walks our own subtree in
+    ``/proc`` only when the kernel's PID cursor (:func:`pid_cursor`) moved since the
+    last walk (no process can have started otherwise); readings are only looked at,
+    never taken.
     """
 
     def __init__(self, *, helpers: Sequence[str] = DEFAULT_HELPERS) -> None:
@@ -132,6 +139,8 @@ class ProcessWatch:
         self._records: dict[int, ProcessRecord] = {}
         self._exits: dict[int, _Exit] = {}
         self._last_phase = ""
+        self._cursor: int | None = None
+        """The PID cursor when the tree was last walked (``None``: walk every time)."""
         self.usage: list[tuple[str, dict[int, dict[str, int]]]] = []
         """(phase, pid -> device -> bytes) at each phase end, for the tree's processes."""
 
@@ -162,6 +171,10 @@ class ProcessWatch:
         return any(fragment in record.cmdline for fragment in self._helpers)
 
     def _scan(self, phase: str | None) -> None:
+        cursor = pid_cursor()  # read before the walk: a process started during it moves it
+        if cursor is not None and cursor == self._cursor:
+            return
+        self._cursor = cursor
         for pid in process_tree(self._root):
             if pid == self._root or pid in self._records:
                 continue
@@ -172,11 +185,21 @@ class ProcessWatch:
 
     def start(self, readings: Mapping[str, DeviceReading] | None = None) -> None:
         """Record the processes that exist at the baseline (never reported)."""
+        global _BASELINE
         self._root = os.getpid()
         self._records.clear()
         self._exits.clear()
         self.usage.clear()
-        self._scan(None)
+        last = _BASELINE
+        cursor = pid_cursor()
+        if cursor is not None and last is not None and last[:2] == (self._root, cursor):
+            self._records.update(last[2])
+            self._cursor = cursor
+        else:
+            self._cursor = None
+            self._scan(None)
+            if self._cursor is not None:
+                _BASELINE = (self._root, self._cursor, dict(self._records))
         self._record_usage("baseline", readings)
 
     def phase_end(self, name: str, readings: Mapping[str, DeviceReading] | None = None) -> None:

@@ -41,19 +41,16 @@ from _pytest.config import create_terminal_writer
 from _pytest.runner import runtestprotocol
 
 from .failure import MessageRepr
-from .options import CHILD_ENV
+from .options import CHILD_ENV, child_events_path
 
 __all__ = [
     "CHILD_ENV",
-    "MODES",
     "ChildChannel",
     "Isolation",
     "child_events_path",
     "cuda_initialized",
     "wants_fork",
 ]
-
-MODES = ("none", "fork", "spawn")
 
 _EXIT_INTERRUPTED = 70
 _EXIT_INTERNAL = 71
@@ -71,12 +68,6 @@ _PARENT_ONLY: dict[str, object] = {
     "gpu_leak_json": None,
     "gpu_leak_isolate": "none",
 }
-
-
-def child_events_path() -> Path | None:
-    """Where this process sends its reports, when it is a spawned child."""
-    value = os.environ.get(CHILD_ENV)
-    return Path(value) if value else None
 
 
 def cuda_initialized() -> bool:

@@ -31,7 +31,6 @@ leak of a module or session run, which blames that scope's fixtures
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -48,9 +47,9 @@ from memdiag.report.known import apply_known
 from memdiag.values.result import CheckResult
 
 from . import describe, reporting
-from .isolation import CUDA_REFUSAL, Isolation, child_events_path, cuda_initialized, wants_fork
+from .isolation import CUDA_REFUSAL, Isolation, cuda_initialized, wants_fork
 from .marks import closest, options_from
-from .options import Settings
+from .options import Settings, child_events_path
 from .runs import (
     RANK,
     CheckRun,
@@ -88,6 +87,9 @@ class LeakCheckManager:
         self.isolation = (
             None if child_events_path() is not None else Isolation(config, settings.isolate)
         )
+        # JUnit properties only where a JUnit file is written (a spawned child's parent
+        # may write one: the child cannot tell, so it always attaches them).
+        self._junit = bool(getattr(config.option, "xmlpath", None)) or self.isolation is None
 
     # -- which tests ---------------------------------------------------------------------------
     def _mark_of(self, node: pytest.Item | pytest.Collector) -> pytest.Mark | None:
@@ -191,7 +193,7 @@ class LeakCheckManager:
             return
         if not wanted:
             if run.tracker is not None:
-                test.exclusion = self._exclusion_start(run.tracker)
+                test.exclusion = Exclusion(run.tracker).start()
             return
         if run.tracker is not None:
             self._open_test_phase(test)
@@ -230,7 +232,6 @@ class LeakCheckManager:
         return test is not None and test.options.max_peak is not None
 
     def _start_tracker(self, run: CheckRun, first_phase: str) -> None:
-        t0 = time.perf_counter()
         tracker = self.series.start(tolerance=run.tolerance, settle=run.settle, name=run.key)
         run.tracker = tracker
         test = self._test
@@ -239,7 +240,6 @@ class LeakCheckManager:
                 tracker.phase(first_phase)
         elif test is not None and test.checked:
             self._open_test_phase(test)
-        run.overhead_s += time.perf_counter() - t0
 
     def _open_test_phase(self, test: TestState) -> None:
         run = test.run
@@ -286,25 +286,12 @@ class LeakCheckManager:
     @contextmanager
     def _excluded(self, tracker: Tracker) -> Iterator[None]:
         self._excluding += 1
-        exclusion = self._exclusion_start(tracker)
+        exclusion = Exclusion(tracker).start()
         try:
             yield
         finally:
             self._excluding -= 1
-            self._exclusion_end(exclusion)
-
-    def _exclusion_start(self, tracker: Tracker) -> Exclusion:
-        t0 = time.perf_counter()
-        exclusion = Exclusion(tracker).start()
-        if self._run is not None:
-            self._run.overhead_s += time.perf_counter() - t0
-        return exclusion
-
-    def _exclusion_end(self, exclusion: Exclusion) -> None:
-        t0 = time.perf_counter()
-        exclusion.end()
-        if self._run is not None:
-            self._run.overhead_s += time.perf_counter() - t0
+            exclusion.end()
 
     # -- call and teardown ---------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
@@ -315,9 +302,7 @@ class LeakCheckManager:
             if run.tracker is None:
                 self._start_tracker(run, "call")
             elif run.scope == "function" and self._phases_on(test):
-                t0 = time.perf_counter()
                 run.tracker.phase("call")
-                run.overhead_s += time.perf_counter() - t0
         return (yield)
 
     @pytest.hookimpl(wrapper=True)
@@ -334,9 +319,7 @@ class LeakCheckManager:
             run = test.run
             if run is not None and run.tracker is not None and not run.disabled:
                 if run.scope == "function" and self._phases_on(test):
-                    t0 = time.perf_counter()
                     run.tracker.phase("teardown")
-                    run.overhead_s += time.perf_counter() - t0
                 if test.checked and (run.scope == "function" or test.unit_ends):
                     node = first_wider_node_torn_down(item, nextitem, run.scope)
                     if node is not None:
@@ -390,7 +373,7 @@ class LeakCheckManager:
             self._report(test, teardown, run, result, peaks, blame=run.label, unit=False)
             return
         if test.exclusion is not None:
-            self._exclusion_end(test.exclusion)
+            test.exclusion.end()
         test_peaks: list[PeakViolation] = []
         tracker = run.tracker
         if test.checked and tracker is not None and test.phase_name is not None:
@@ -407,12 +390,8 @@ class LeakCheckManager:
             self._report(test, teardown, run, result, [], blame=blame, unit=True)
 
     def _check(self, run: CheckRun) -> CheckResult:
-        tracker = run.tracker
-        assert tracker is not None
-        t0 = time.perf_counter()
-        result = self.series.check(tracker)
-        run.overhead_s += time.perf_counter() - t0
-        return result
+        assert run.tracker is not None
+        return self.series.check(run.tracker)
 
     # -- reporting -----------------------------------------------------------------------------
     def _report(
@@ -443,8 +422,9 @@ class LeakCheckManager:
             scope=run.scope,
             unit=run.key,
             blame=blame,
-            overhead_s=run.overhead_s,
+            overhead_s=run.tracker.spent_s if run.tracker is not None else 0.0,
             full_result=bool(self.settings.json_path),
+            junit=self._junit,
         )
         if failure is None:
             return

@@ -22,9 +22,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHILD_ENV",
+    "MODES",
     "SCOPES",
     "Settings",
     "add_options",
+    "child_events_path",
     "is_enabled",
     "read_settings",
     "value_or_ini",
@@ -35,6 +37,15 @@ CHILD_ENV = "MEMDIAG_PYTEST_CHILD"
 
 SCOPES = ("function", "module", "session")
 """Check granularity: one tracker per test, per module, or for the whole session."""
+
+MODES = ("none", "fork", "spawn")
+"""Where each test runs (``--gpu-leak-isolate``): in pytest, a forked or a spawned child."""
+
+
+def child_events_path() -> Path | None:
+    """Where this process sends its reports, when it is a spawned child."""
+    value = os.environ.get(CHILD_ENV)
+    return Path(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -225,8 +236,6 @@ def parse_settle(value: object, *, where: str) -> float:
 
 def read_isolate(config: pytest.Config, scope: str) -> str:
     """``none``, ``fork`` or ``spawn``, validated against the scope and the platform."""
-    from .isolation import MODES, child_events_path
-
     if child_events_path() is not None:
         return "none"  # this process is the child of an isolated test
     isolate = _text(config, "gpu_leak_isolate") or "none"

@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 
 from .marks import MARKERS, marker_help
-from .options import CHILD_ENV, add_options, is_enabled, options_given, read_settings
+from .options import (
+    CHILD_ENV,
+    add_options,
+    child_events_path,
+    is_enabled,
+    options_given,
+    read_settings,
+)
 
 __all__ = ["MemdiagWarning", "NullTracker"]
 
@@ -49,7 +56,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker_help(marker))
     if os.environ.get(CHILD_ENV):
         # This process runs one test for an isolated parent (--gpu-leak-isolate=spawn).
-        from .isolation import ChildChannel, child_events_path
+        from .isolation import ChildChannel
 
         path = child_events_path()
         assert path is not None

@@ -37,13 +37,18 @@ def attach_payload(
     blame: str,
     overhead_s: float,
     full_result: bool,
+    junit: bool,
 ) -> list[tuple[str, object]]:
     """Attach the check's JSON-safe payload to ``teardown``; return its JUnit properties.
 
-    ``unit``: the run's key (a node id, or ``"session"``); ``full_result``: keep the
-    whole result in the payload even when nothing leaked (for the JSON report).  The
-    properties are already added to ``teardown``'s ``user_properties``.
+    ``unit``: the run's key (a node id, or ``"session"``); ``full_result``: the JSON
+    report is on, so keep the whole result of a check that did more than read counters
+    (settled, walked the heap, recorded phases); ``junit``: ``--junitxml`` is on, so add
+    the numbers to ``teardown``'s ``user_properties`` (they are also returned).  A clean
+    check on the cheap path carries its per-device numbers and nothing else.
     """
+    if result is None and not peaks:
+        return []
     leaked = result is not None and result.leaked
     top = max(result.leaks, key=lambda f: f.nbytes) if result is not None and leaked else None
     entry = session_entry(
@@ -54,15 +59,17 @@ def attach_payload(
         unit_label="" if scope == "function" else f"({blame})",
         summary=failure.message if failure and leaked else "",
         held=f"{top.device}: {held_by(top) or top.kind.heading}" if top else "",
-        signature=signature(result) if result is not None else "",
+        signature=signature(result) if result is not None and leaked else "",
         peak_failures=[p.describe() for p in peaks],
         overhead_s=overhead_s,
-        keep_result=full_result,
+        keep_result=full_result
+        and result is not None
+        and (not result.cheap or bool(result.phases)),
     )
-    if result is None and not peaks:
-        return []
     # Plain JSON data: it crosses the xdist and --forked process boundaries.
     setattr(teardown, PAYLOAD, entry.to_json())
+    if not junit:
+        return []
     properties: list[tuple[str, object]] = list(junit_properties(entry))
     teardown.user_properties.extend(properties)
     return properties

@@ -9,15 +9,19 @@ imports :mod:`memdiag.report.session` when it is written.
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
 from memdiag.values.units import format_bytes, plural
 
 from .failure import LeakFailure, LeakRepr
+from .options import CHILD_ENV
 
 __all__ = ["PAYLOAD", "ResultsCollector"]
 
@@ -28,14 +32,30 @@ FAILURE = "memdiag_failure"
 
 
 class ResultsCollector:
-    """Collects check payloads from reports; prints the summary; writes the JSON report."""
+    """Collects check payloads from reports; prints the summary; writes the JSON report.
+
+    pytest keeps every test report until the session ends, so a payload is taken off
+    its report once read (except in a spawned child, which sends its reports on).
+    Clean checks are only counted; the entries the JSON report needs go to a spool
+    file, so a long suite's memory does not grow with its length (which would also
+    make the check's storage ledger refresh, a heap walk, more often)."""
 
     def __init__(self, config: pytest.Config, *, json_path: Path | None, header: str) -> None:
         self.config = config
         self.json_path = json_path
         self.header = header
-        self.entries: list[dict[str, Any]] = []
         self.notices: list[str] = []
+        self.checked = 0
+        self.cheap = 0
+        self.clean_s = 0.0
+        self.failing_s = 0.0
+        self.wider = False
+        """Some check was of a module or the session (the summary says "scopes")."""
+        self.leaking: list[dict[str, Any]] = []
+        self.over_peak: list[dict[str, Any]] = []
+        self.known: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self._keep_payloads = not os.environ.get(CHILD_ENV)
+        self._spool: IO[str] | None = None
 
     # -- collecting ----------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -50,10 +70,44 @@ class ResultsCollector:
                     LeakFailure.from_json(dict(failure)), path, (lineno or 0) + 1
                 )
         payload = getattr(report, PAYLOAD, None)
-        if isinstance(payload, Mapping):
-            entry = dict(payload)
-            entry.setdefault("nodeid", report.nodeid)
-            self.entries.append(entry)
+        if not isinstance(payload, Mapping):
+            return
+        if self._keep_payloads:
+            delattr(report, PAYLOAD)
+        entry = dict(payload)
+        entry.setdefault("nodeid", report.nodeid)
+        self.add(entry)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Count one check's entry (a :meth:`TestEntry.to_json` dict)."""
+        if self.json_path is not None:
+            if self._spool is None:
+                self._spool = tempfile.TemporaryFile("w+", encoding="utf-8", prefix="memdiag-")
+            self._spool.write(json.dumps(entry, default=str) + "\n")
+        if entry.get("peak_failures"):
+            self.over_peak.append(entry)
+        if not entry.get("checked"):
+            return
+        self.checked += 1
+        self.wider = self.wider or entry.get("scope") not in (None, "function")
+        overhead = float(entry.get("overhead_s") or 0.0)
+        if entry.get("leaked"):
+            self.leaking.append(entry)
+            self.failing_s += overhead
+        else:
+            self.clean_s += overhead
+            self.cheap += bool(entry.get("cheap"))
+        self.known.extend((entry, leak) for leak in entry.get("leaks") or () if leak.get("known"))
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry collected so far (read back from the spool; JSON report only)."""
+        spool = self._spool
+        if spool is None:
+            return []
+        spool.seek(0)
+        out = [json.loads(line) for line in spool if line.strip()]
+        spool.seek(0, os.SEEK_END)
+        return out
 
     # -- the JSON report -----------------------------------------------------------------
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -62,40 +116,40 @@ class ResultsCollector:
         # Only here, with the report asked for: memdiag (not torch) on the reporting side.
         from memdiag.report.session import write_session
 
-        write_session(self.json_path, self.entries, settings=self.header, notices=self.notices)
+        write_session(self.json_path, self.entries(), settings=self.header, notices=self.notices)
+
+    def pytest_unconfigure(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
     # -- the terminal summary --------------------------------------------------------------
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        checked = [e for e in self.entries if e.get("checked")]
-        if not checked and not self.notices:
+        if not self.checked and not self.notices:
             return
         tr = terminalreporter
         tr.section("memdiag leak check", sep="=", bold=True)
         for notice in self.notices:
             tr.write_line(f"memdiag WARNING: {notice}", red=True, bold=True)
-        leaking = [e for e in checked if e.get("leaked")]
-        over_peak = [e for e in self.entries if e.get("peak_failures")]
-        units = "scopes" if any(e.get("scope") != "function" for e in checked) else "tests"
-        clean = [e for e in checked if not e.get("leaked")]
-        cheap = sum(1 for e in checked if e.get("cheap"))
-        clean_s = sum(float(e.get("overhead_s", 0.0)) for e in clean)
-        failing_s = sum(float(e.get("overhead_s", 0.0)) for e in leaking)
+        leaking, over_peak = self.leaking, self.over_peak
+        units = "scopes" if self.wider else "tests"
+        clean = self.checked - len(leaking)
         tr.write_line(
-            f"memdiag: checked {len(checked)} {units} ({self.header}): "
-            f"{len(clean)} clean, {len(leaking)} leaking"
+            f"memdiag: checked {self.checked} {units} ({self.header}): "
+            f"{clean} clean, {len(leaking)} leaking"
             + (f", {len(over_peak)} over their max_peak budget" if over_peak else "")
         )
         if clean:
             tr.write_line(
-                f"memdiag: overhead {clean_s / len(clean) * 1e3:.2f} ms per clean check "
-                f"({cheap} of {len(checked)} on the cheap path, counters only)"
+                f"memdiag: overhead {self.clean_s / clean * 1e3:.2f} ms per clean check "
+                f"({self.cheap} of {self.checked} on the cheap path, counters only)"
                 + (
-                    f"; failing checks took {failing_s:.2f} s (settle, census, retainers)"
+                    f"; failing checks took {self.failing_s:.2f} s (settle, census, retainers)"
                     if leaking
                     else ""
                 )
             )
-        known = [(e, leak) for e in checked for leak in e.get("leaks") or () if leak.get("known")]
+        known = self.known
         if known:
             size = format_bytes(sum(int(leak.get("bytes", 0)) for _, leak in known))
             tr.write_line(

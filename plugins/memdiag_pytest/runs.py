@@ -51,7 +51,6 @@ class CheckRun:
     """Set when the check ran before wider fixtures were torn down."""
     fixtures: list[str] = field(default_factory=list)
     """Fixtures of wider than function scope set up inside the run (blamed on a leak)."""
-    overhead_s: float = 0.0
 
     @property
     def rank(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -238,10 +239,14 @@ def test_the_heap_is_walked_only_when_cheap_holders_leave_memory_unexplained() -
     del allocator
 
 
-def test_live_process_groups_are_named_with_rank_and_size() -> None:
+def test_live_process_groups_are_named_with_rank_and_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available():
         pytest.skip("torch.distributed is not built in")
+    # init_process_group() installs a rank-prefixing sys.excepthook for good: undone.
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         sub = dist.new_group([0], backend="gloo")

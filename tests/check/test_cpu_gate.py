@@ -9,9 +9,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from memdiag.backends.registry import select
+from memdiag.check.series import CheckSeries
 from memdiag.check.tracker import Tracker
 from memdiag.heap.census import StorageLedger
 from memdiag.heap.hostmem import HostCounters, host_counters, moved
+from memdiag.report.session import device_numbers
 from memdiag.values.findings import FindingKind
 
 MiB = 1024**2
@@ -92,6 +95,9 @@ def test_a_passing_check_reads_counters_only() -> None:
     final = result.devices[0].final
     assert final.allocated is None and "skipped" in final.extra["census"]
     assert tracker.gate_reason is None
+    # The session report still gets its numbers: nothing sized above the baseline.
+    (numbers,) = device_numbers(result)
+    assert (numbers.device, numbers.peak, numbers.end, numbers.leaked) == ("cpu", 0, 0, 0)
 
 
 @needs_counters
@@ -126,18 +132,18 @@ def test_a_baseline_storage_freed_and_one_of_equal_size_kept_trips_the_gate() ->
 
 @needs_counters
 def test_storages_made_since_a_shared_ledger_refresh_are_not_blamed() -> None:
-    """Tensors kept by earlier trackers (within tolerance each) are caught up by a
-    ledger refresh once the counters drifted, so the next leak is sized alone."""
-    ledger = StorageLedger()
-    ledger.refresh()
-    for _ in range(3):  # each keeps 0.75 MiB: under the 1 MiB tolerance
-        tracker = _tracker(ledger).start()
+    """Tensors kept by earlier checks of a series (within tolerance each) are caught
+    up by a ledger refresh once the host counters drifted, so the next leak is sized
+    alone."""
+    series = CheckSeries(select("cpu"))
+    for index in range(3):  # each keeps 0.75 MiB: under the 1 MiB tolerance
+        tracker = series.start(tolerance=None, settle=0.0, name=f"t{index}")
         KEPT.append(torch.empty(3 * MiB // 4, dtype=torch.uint8))
-        assert not tracker.check().leaked
+        assert not series.check(tracker).leaked
         tracker.close()
-    tracker = _tracker(ledger).start()
+    tracker = series.start(tolerance=None, settle=0.0, name="leak")
     KEPT.append(torch.empty(2 * MiB, dtype=torch.uint8))
-    result = tracker.check()
+    result = series.check(tracker)
     tracker.close()
     assert result.leaked and result.devices[0].growth == 2 * MiB
 

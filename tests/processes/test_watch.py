@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from memdiag.agent import wrap
+from memdiag.processes import proctree
+from memdiag.processes import watch as watch_module
 from memdiag.processes.watch import ProcessWatch, without_covered_processes
 from memdiag.values.findings import Finding, FindingKind
 from memdiag.values.readings import DeviceReading, ProcessUsage
@@ -182,3 +184,35 @@ def test_a_clean_multiprocess_engine_passes(tmp_path: Path) -> None:
         f"memdiag-{w.pid}.json" for w in workers
     )
     assert [f for f in merge_worker_reports(tmp_path) if f.is_leak] == []
+
+
+@pytest.mark.skipif(proctree.pid_cursor() is None, reason="needs /proc/loadavg")
+def test_the_tree_is_walked_only_when_the_pid_cursor_moved(
+    children: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A baseline and a check with no process started in between read one number
+    instead of walking ``/proc``; a child started in between is still seen."""
+    walks: list[int] = []
+    real_tree = watch_module.process_tree
+
+    def counting_tree(pid: int | None = None) -> frozenset[int]:
+        walks.append(pid or 0)
+        return real_tree(pid)
+
+    monkeypatch.setattr(watch_module, "process_tree", counting_tree)
+    first = ProcessWatch()
+    first.start()
+    # A second baseline, nothing started since (the loop of a test suite): no walk.
+    quiet = ProcessWatch()
+    cursor = proctree.pid_cursor()
+    quiet.start()
+    quiet.observe()
+    if proctree.pid_cursor() == cursor:  # nothing else on the machine made a PID meanwhile
+        assert len(walks) <= 1
+        assert quiet.findings(observed=True) == []
+    children.append(_sleeper("started-after-the-baseline"))
+    quiet.observe()
+    assert len(walks) >= 1
+    (finding,) = quiet.findings(observed=True)
+    assert finding.kind is FindingKind.WORKER
+    assert "started-after-the-baseline" in finding.message

@@ -255,11 +255,6 @@ def _comparable(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(
-    reason="since main's late cheap-path changes (05:2x) a shard's numbers differ from the "
-    "whole suite's; under investigation (notes-gate.md)",
-    strict=False,
-)
 def test_merge_of_two_shards_equals_the_whole_suite(
     sessions: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
