@@ -30,7 +30,7 @@ from memdiag.check.classify import Assessment, assess, classify, to_account
 from memdiag.check.settle import SettleOutcome, poll_until_settled, settle_clock
 from memdiag.check.signals import deferred_signals
 from memdiag.heap.census import Census, StorageLedger, ledger_deaths, new_storage_bytes, take_census
-from memdiag.heap.hostmem import HostCounters, host_counters, moved
+from memdiag.heap.hostmem import HostCounters, host_counters, host_ram_total, moved
 from memdiag.processes.distributed import (
     GroupState,
     process_group_findings,
@@ -41,7 +41,7 @@ from memdiag.processes.watch import ProcessWatch, without_covered_processes
 from memdiag.retainers.attach import attach_retainers
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
-from memdiag.values.units import Tolerance, parse_seconds
+from memdiag.values.units import Tolerance, format_bytes, parse_seconds
 from memdiag.workers.merge import WorkerReportDir
 
 __all__ = ["Tracker", "active_tracker", "phase", "track"]
@@ -459,18 +459,34 @@ class Tracker:
             chosen = tolerance.get(device) or tolerance.get("*") or DEFAULT_TOLERANCE
         else:
             chosen = tolerance or DEFAULT_TOLERANCE
+        if total is None and device == "cpu" and chosen.percent:
+            total = host_ram_total()  # a percentage on cpu is of the host's RAM
         return chosen.allowance(total)
 
     def _tolerance_notices(self) -> list[str]:
-        """A per-device tolerance for a device this tracker does not check applies to
-        nothing: say so rather than ignore it silently."""
+        """A tolerance that applies to nothing (a per-device one for a device this
+        tracker does not check, a percentage on cpu where the RAM size is unknown): say
+        so rather than ignore it silently."""
         assert self.selection is not None
-        if not isinstance(self._tolerance, Mapping):
-            return []
         devices = self.selection.devices
-        unused = [d for d in self._tolerance if d != "*" and d not in devices]
-        return [
-            f"tolerance {d}={self._tolerance[d]} applies to no checked device "
+        tolerance = self._tolerance
+        notices: list[str] = []
+        if "cpu" in devices and host_ram_total() is None:
+            chosen = (
+                (tolerance.get("cpu") or tolerance.get("*"))
+                if isinstance(tolerance, Mapping)
+                else tolerance
+            )
+            if chosen is not None and chosen.percent:
+                notices.append(
+                    f"tolerance {chosen.percent:g}% on cpu: this host's RAM size is unknown, "
+                    f"so only {format_bytes(chosen.bytes)} applies"
+                )
+        if not isinstance(tolerance, Mapping):
+            return notices
+        unused = [d for d in tolerance if d != "*" and d not in devices]
+        return notices + [
+            f"tolerance {d}={tolerance[d]} applies to no checked device "
             f"(checked: {', '.join(devices) or 'none'})"
             for d in unused
         ]

@@ -88,7 +88,7 @@ class MergeCommand:
         if args.verbose:
             render_terminal(result, console, verbosity=args.verbose - 1)
         else:
-            for line in finding_lines(result.findings):
+            for line in finding_lines(result.findings, result=result):
                 console.print(line, markup=False)
         console.print(_rank_table(rows))
         leaked = [row for row in rows if row.leaked]

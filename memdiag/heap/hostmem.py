@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HostCounters", "host_counters", "moved"]
+__all__ = ["HostCounters", "host_counters", "host_ram_total", "moved"]
 
 
 class _MallInfo2(ctypes.Structure):
@@ -138,3 +138,15 @@ def moved(before: HostCounters, after: HostCounters, slack: int) -> str | None:
                 "freed memory could offset new tensors"
             )
     return None
+
+
+def host_ram_total() -> int | None:
+    """Bytes of physical memory of this host (``os.sysconf``), ``None`` where unknown:
+    what a percentage tolerance is a percentage of on ``cpu``."""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES")
+        size = os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    total = pages * size
+    return total if pages > 0 and size > 0 else None

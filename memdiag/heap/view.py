@@ -31,7 +31,14 @@ from typing import TypeVar
 T = TypeVar("T")
 _monotonic = time.monotonic  # captured: a program's fake clock must not stop the timeout
 
-__all__ = ["HeapError", "HeapView", "call_with_full_heap", "find_instances", "freeze_count"]
+__all__ = [
+    "HeapError",
+    "HeapView",
+    "call_in_fork",
+    "call_with_full_heap",
+    "find_instances",
+    "freeze_count",
+]
 
 
 class HeapError(RuntimeError):
@@ -75,6 +82,16 @@ def call_with_full_heap(fn: Callable[[HeapView], T], *, timeout: float = 300.0) 
             f"{gc.get_freeze_count()} objects are frozen by gc.freeze() and this platform "
             "has no os.fork to inspect them without changing the freeze state"
         )
+    return _call_in_fork(lambda: fn(_child_view()), timeout)
+
+
+def call_in_fork(fn: Callable[[], T], *, timeout: float = 60.0) -> T:
+    """``fn()`` in a forked child (POSIX only); its result must be picklable plain data.
+
+    For reads that may run the program's code (a callback's ``__eq__``): whatever that
+    code does happens in the child.  Raises :class:`HeapError` without ``os.fork``."""
+    if not hasattr(os, "fork"):
+        raise HeapError("this platform has no os.fork")
     return _call_in_fork(fn, timeout)
 
 
@@ -109,7 +126,7 @@ def _child_view() -> HeapView:
     return HeapView(objects=objects, frozen_ids=frozen, in_child=True)
 
 
-def _call_in_fork(fn: Callable[[HeapView], T], timeout: float) -> T:
+def _call_in_fork(fn: Callable[[], T], timeout: float) -> T:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -125,7 +142,7 @@ def _call_in_fork(fn: Callable[[HeapView], T], timeout: float) -> T:
         os.close(read_fd)
         status = 0
         try:
-            payload = pickle.dumps(("ok", fn(_child_view())), protocol=pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps(("ok", fn()), protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException:  # noqa: BLE001 - everything goes back to the parent
             status = 1
             payload = pickle.dumps(("error", traceback.format_exc()))

@@ -22,6 +22,8 @@ _CONTAINERS = frozenset(
         "weakref.WeakValueDictionary",
     }
 )
+_LOGGERS = frozenset({"logging.Logger", "logging.RootLogger"})
+_ATTRIBUTE = re.compile(r"^\.[A-Za-z_]\w*")
 _THREAD = re.compile(r"^thread '(?P<name>[^']*)' in (?P<where>.*)$")
 
 
@@ -30,12 +32,83 @@ def _short(qualified: str) -> str:
     return qualified.rsplit(".", 1)[-1]
 
 
+def _stored_on(group: RetainerGroup, start: int) -> str:
+    """The attribute path stored on the object at hop ``start``: ``.cache``."""
+    path = ""
+    for hop in group.chain[start + 1 :]:
+        if hop.label.startswith((".", "[")):
+            path += hop.label
+        elif hop.label:
+            break
+        if hop.node:
+            break
+    return path
+
+
+def _first_attribute(path: str) -> str:
+    """``.buffers[0].x`` -> ``.buffers``: the attribute to delete; ``""`` if none."""
+    match = _ATTRIBUTE.match(path)
+    return match.group() if match else ""
+
+
+def _outside_advice(group: RetainerGroup) -> str:
+    """Advice for holders outside the heap and for logging's registry."""
+    root = group.root_name
+    first = group.chain[0] if group.chain else None
+    what = first.label if first is not None else ""
+    if root.startswith("atexit callbacks"):
+        fn = what.removeprefix("function ") or "the callback"
+        return (
+            f"call `atexit.unregister({_short(fn)})` in shutdown, or let the callback "
+            "reach no tensors (atexit keeps it until the interpreter exits)"
+        )
+    if root.startswith("contextvars context"):
+        var = what.removeprefix("ContextVar ").strip("'\"") or "the ContextVar"
+        return (
+            f"reset the ContextVar {var!r} in shutdown (`var.reset(token)` with the token "
+            "`var.set()` returned, or `var.set(None)`); gc.collect() does not free it"
+        )
+    if root.startswith("signal handler for "):
+        name = root.removeprefix("signal handler for ")
+        return f"restore the previous handler in shutdown (`signal.signal(signal.{name}, old)`)"
+    if root.startswith("sys.settrace()"):
+        return "remove the trace function in shutdown (`sys.settrace(None)`)"
+    if root.startswith("sys.setprofile()"):
+        return "remove the profile function in shutdown (`sys.setprofile(None)`)"
+    if root.startswith("logging.getLogger("):
+        stored = _first_attribute(_stored_on(group, -1))
+        target = f"run `del {root}{stored}`" if stored else "remove what you stored on it"
+        return (
+            f"logging keeps this logger for the process' life: {target} in shutdown "
+            "(setting your variable to None frees nothing)"
+        )
+    if group.root_kind == "native" and len(group.chain) > 1 and first is not None:
+        held = first.node or first.type_name  # an object nothing in the heap refers to
+        return (
+            f"find the native code that keeps {held} alive (a C extension, a hook "
+            "registered from C, an atexit callback's arguments): nothing in the Python "
+            "heap refers to it, and gc.collect() does not free it"
+        )
+    return ""
+
+
 def advice_for_group(group: RetainerGroup) -> str:
     """What to change so that this retainer lets go; ``""`` when nothing specific fits."""
     first = group.chain[0] if group.chain else None
     kind, root = group.root_kind, group.root_name
     if group.known:
         return f"expected: {group.known} keeps this for the process' life"
+    outside = _outside_advice(group)
+    if outside:
+        return outside
+    if first is not None and first.type_name in _LOGGERS and kind in ("module", "class"):
+        name = _short(root) if kind == "module" else ".".join(root.split(".")[-2:])
+        stored = _first_attribute(_stored_on(group, 0))
+        target = f"run `del {name}{stored}`" if stored else "remove what you stored on it"
+        return (
+            f"`{name} = None` frees nothing: logging keeps every logger in "
+            f"logging.Logger.manager.loggerDict for the process' life; {target} in shutdown"
+        )
     if kind == "module":
         name = _short(root)
         if first is not None and first.type_name in _CONTAINERS:

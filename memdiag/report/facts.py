@@ -3,9 +3,11 @@ order, timeline points per device, leaked and peak bytes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from memdiag.values.findings import Finding, FindingKind
+from memdiag.values.holders import biggest_first
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult
 from memdiag.values.retainers import RetainerGroup
@@ -19,6 +21,8 @@ __all__ = [
     "limit_for",
     "ordered_findings",
     "peak_bytes",
+    "shown_count",
+    "tolerance_for",
     "unrooted_groups",
 ]
 
@@ -33,6 +37,23 @@ def limit_for(verbosity: int) -> int | None:
     return 3 if verbosity <= 0 else (10 if verbosity == 1 else None)
 
 
+def shown_count(limit: int | None, sizes: Sequence[int], floor: int | None) -> int | None:
+    """How many items of a biggest-first list to show: the verbosity ``limit``, raised
+    to cover every item of more than ``floor`` bytes (the device's tolerance): an item
+    that alone could fail the check is never hidden behind "-v shows more"."""
+    if limit is None or floor is None:
+        return limit
+    return max(limit, sum(1 for size in sizes if size > floor))
+
+
+def tolerance_for(result: CheckResult | None, device: str) -> int | None:
+    """The tolerance ``result`` used on ``device`` (``None`` when it did not check it)."""
+    if result is None:
+        return None
+    check = next((d for d in result.devices if d.device == device), None)
+    return None if check is None else check.allowance
+
+
 def ordered_findings(result: CheckResult) -> list[Finding]:
     """Leaks first, then notes; each biggest first (ties by device, then class)."""
     return sorted(result.findings, key=lambda f: (not f.is_leak, -f.nbytes, f.device, f.kind.value))
@@ -40,7 +61,7 @@ def ordered_findings(result: CheckResult) -> list[Finding]:
 
 def groups_of(finding: Finding) -> list[RetainerGroup]:
     """The finding's retainer groups, most retained bytes first."""
-    return sorted(finding.retainers, key=lambda g: (-g.retained_bytes, g.root_name))
+    return biggest_first(finding.retainers)
 
 
 def unrooted_groups(result: CheckResult) -> list[RetainerGroup]:

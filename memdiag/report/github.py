@@ -13,7 +13,14 @@ from typing import TextIO
 
 from memdiag.report.advice import advice_for, advice_for_group
 from memdiag.report.console import encodable
-from memdiag.report.facts import groups_of, kind_label, limit_for, ordered_findings
+from memdiag.report.facts import (
+    groups_of,
+    kind_label,
+    limit_for,
+    ordered_findings,
+    shown_count,
+    tolerance_for,
+)
 from memdiag.report.gate import GateResult
 from memdiag.report.locate import Location, locate_group
 from memdiag.report.session import SessionReport
@@ -76,7 +83,12 @@ def _relative(location: Location, workspace: Path) -> str:
 
 
 def _leak_annotations(
-    finding: Finding, *, main_file: str | None, workspace: Path, limit: int | None
+    finding: Finding,
+    *,
+    main_file: str | None,
+    workspace: Path,
+    limit: int | None,
+    tolerance: int | None = None,
 ) -> list[Annotation]:
     kind = kind_label(finding.kind)
     groups = groups_of(finding)
@@ -86,7 +98,7 @@ def _leak_annotations(
         title = f"memdiag: {format_bytes(finding.nbytes)} leaked on {finding.device} ({kind})"
         return [Annotation("error", title, message)]
     out = []
-    for group in groups[:limit]:
+    for group in groups[: shown_count(limit, [g.retained_bytes for g in groups], tolerance)]:
         location = locate_group(group, main_file=main_file)
         advice = advice_for_group(group) or finding.advice
         message = (
@@ -131,7 +143,11 @@ def annotations_for(
         if finding.is_leak:
             out.extend(
                 _leak_annotations(
-                    finding, main_file=main_file, workspace=base, limit=limit_for(verbosity)
+                    finding,
+                    main_file=main_file,
+                    workspace=base,
+                    limit=limit_for(verbosity),
+                    tolerance=tolerance_for(result, finding.device),
                 )
             )
         else:

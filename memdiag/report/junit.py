@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from typing import TextIO
 
 from memdiag.report.console import plain_console, xml_text
-from memdiag.report.facts import ordered_findings
+from memdiag.report.facts import ordered_findings, tolerance_for
 from memdiag.report.terminal import finding_block
 from memdiag.values.findings import Finding
 from memdiag.values.result import CheckResult
@@ -17,11 +17,12 @@ from memdiag.values.result import CheckResult
 __all__ = ["JunitReport"]
 
 
-def _plain(findings: list[Finding], verbosity: int) -> str:
+def _plain(findings: list[Finding], verbosity: int, result: CheckResult) -> str:
     buffer = io.StringIO()
     console = plain_console(buffer, width=100, color_system=None)
     for finding in findings:
-        console.print(finding_block(finding, verbosity))
+        tolerance = tolerance_for(result, finding.device)
+        console.print(finding_block(finding, verbosity, tolerance=tolerance))
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
@@ -79,9 +80,9 @@ class JunitReport:
                 failure = ET.SubElement(
                     case, "failure", message=top.headline(), type=top.kind.value
                 )
-                failure.text = _plain(leaks, self.verbosity)
+                failure.text = _plain(leaks, self.verbosity, self.result)
             if notes:
-                ET.SubElement(case, "system-out").text = _plain(notes, self.verbosity)
+                ET.SubElement(case, "system-out").text = _plain(notes, self.verbosity, self.result)
         for element in root.iter():  # user text may hold what XML 1.0 forbids
             element.text = None if element.text is None else xml_text(element.text)
             for key, value in element.attrib.items():

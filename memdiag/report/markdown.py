@@ -16,6 +16,7 @@ from typing import TextIO
 from memdiag.report.compare import Comparison
 from memdiag.report.gate import Change, GateResult, TestChange
 from memdiag.report.session import SessionReport
+from memdiag.values.holders import held_text
 from memdiag.values.result import CheckResult
 from memdiag.values.units import format_bytes, plural
 
@@ -191,7 +192,7 @@ def run_markdown(result: CheckResult, *, name: str = "") -> str:
             f.device,
             _size(f.nbytes),
             f.kind.heading,
-            f.retainers[0].chain_text() if f.retainers else f.message,
+            held_text(f.retainers, f.nbytes) or f.message,
         ]
         for f in result.findings
     ]

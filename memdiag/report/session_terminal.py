@@ -78,7 +78,7 @@ def render_session(report: SessionReport, console: Console, *, verbosity: int = 
             if result is None:
                 continue
             console.print(Text(f"{_label(entry)}:", style="bold"), soft_wrap=True)
-            for line in finding_lines(result.leaks):
+            for line in finding_lines(result.leaks, result=result):
                 console.print(f"  {line}", markup=False)
         peaks = _peaks(report, 10)
         if peaks:

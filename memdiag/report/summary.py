@@ -12,8 +12,10 @@ import io
 from collections.abc import Iterable
 
 from memdiag.report.console import plain_console
+from memdiag.report.facts import shown_count, tolerance_for
 from memdiag.report.terminal import render_terminal
 from memdiag.values.findings import Finding, FindingKind
+from memdiag.values.holders import biggest_first, held_text
 from memdiag.values.result import CheckResult
 from memdiag.values.units import format_bytes
 
@@ -22,8 +24,9 @@ __all__ = ["finding_lines", "held_by", "leak_line", "render_text", "signature"]
 
 def held_by(finding: Finding) -> str:
     """The top retainer of a finding, or the best description there is without one."""
-    if finding.retainers:
-        return f"held by {finding.retainers[0].chain_text()}"
+    held = held_text(finding.retainers, finding.nbytes)
+    if held:
+        return held
     if finding.tensors:
         prefix = "held only by gc-frozen objects: " if finding.kind is FindingKind.GC_FROZEN else ""
         return prefix + finding.tensors[0].describe()
@@ -62,14 +65,24 @@ def leak_line(result: CheckResult) -> str:
     )
 
 
-def finding_lines(findings: Iterable[Finding], *, groups: int = 3) -> list[str]:
+def finding_lines(
+    findings: Iterable[Finding], *, groups: int = 3, result: CheckResult | None = None
+) -> list[str]:
     """A line per finding (``LEAK [class] device: message``, ``note [...] ...``), each
-    followed by the chains of its first ``groups`` retainers (``    held by: ...``)."""
+    followed by its biggest ``groups`` retainers with their own bytes
+    (``    24.0 MiB held by: ...``); a retainer holding more than the tolerance
+    ``result`` used on the device is never left out."""
     lines: list[str] = []
     for finding in findings:
         label = "LEAK" if finding.is_leak else "note"
         lines.append(f"{label} [{finding.kind.heading}] {finding.headline()}")
-        lines.extend(f"    held by: {g.chain_text()}" for g in finding.retainers[:groups])
+        ranked = biggest_first(finding.retainers)
+        floor = tolerance_for(result, finding.device)
+        count = shown_count(groups, [g.retained_bytes for g in ranked], floor)
+        lines.extend(
+            f"    {format_bytes(g.retained_bytes)} held by: {g.chain_text()}"
+            for g in ranked[:count]
+        )
     return lines
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from memdiag.report.advice import advice_for
+from memdiag.report.advice import advice_for, advice_for_group
 from memdiag.report.console import plain_console
 from memdiag.report.facts import (
     Point,
@@ -23,6 +23,8 @@ from memdiag.report.facts import (
     kind_label,
     limit_for,
     ordered_findings,
+    shown_count,
+    tolerance_for,
     unrooted_groups,
 )
 from memdiag.values.findings import Finding
@@ -79,7 +81,7 @@ def phase_table(result: CheckResult, device: str) -> Group:
     return Group(title, table)
 
 
-def _group_node(tree: Tree, group: RetainerGroup) -> None:
+def _group_node(tree: Tree, group: RetainerGroup, advice: str = "") -> None:
     head = Text.assemble(
         (format_bytes(group.retained_bytes), "bold"),
         f"  {group.root_name}  ",
@@ -94,26 +96,48 @@ def _group_node(tree: Tree, group: RetainerGroup) -> None:
         node.add(Text(f"allocated at {group.alloc_site}"))
     if group.known:
         node.add(Text(f"known: {group.known}", style="dim"))
+    if group.other_roots:
+        node.add(
+            Text(
+                f"also held by: {', '.join(group.other_roots)} (cut every one of them)",
+                style="dim",
+            )
+        )
     if group.note:
         node.add(Text(group.note, style="dim"))
+    if advice:
+        node.add(Text(f"fix: {advice}", style="cyan"))
 
 
 def _retainer_tree(
-    groups: list[RetainerGroup], limit: int | None, heading: str = "retainers"
+    groups: list[RetainerGroup],
+    limit: int | None,
+    heading: str = "retainers",
+    *,
+    tolerance: int | None = None,
 ) -> Tree:
     total = sum(g.retained_bytes for g in groups)
     plural = "s" if len(groups) != 1 else ""
     tree = Tree(Text(f"{heading}: {format_bytes(total)} in {len(groups)} group{plural}"))
-    for group in groups[:limit]:
-        _group_node(tree, group)
+    limit = shown_count(limit, [g.retained_bytes for g in groups], tolerance)
+    top = advice_for_group(groups[0]) if groups else ""
+    for index, group in enumerate(groups[:limit]):
+        # The finding's "fix:" line is the top group's; another root's own fix is here.
+        own = advice_for_group(group) if index else ""
+        _group_node(tree, group, own if own != top else "")
     hidden = len(groups) - len(groups[:limit])
     if hidden:
         tree.add(_more(hidden, "retainers"))
     return tree
 
 
-def finding_block(finding: Finding, verbosity: int = 0) -> RenderableType:
-    """One finding: class and bytes, its message, retainers, tensors, processes, advice."""
+def finding_block(
+    finding: Finding, verbosity: int = 0, *, tolerance: int | None = None
+) -> RenderableType:
+    """One finding: class and bytes, its message, retainers, tensors, processes, advice.
+
+    Lists are trimmed by ``verbosity``, except that every retainer or tensor group
+    holding more than ``tolerance`` bytes is always shown."""
     limit = limit_for(verbosity)
     label, style = ("LEAK", "bold red") if finding.is_leak else ("note", "yellow")
     parts: list[RenderableType] = [
@@ -128,11 +152,12 @@ def finding_block(finding: Finding, verbosity: int = 0) -> RenderableType:
     details: list[RenderableType] = []
     groups = groups_of(finding)
     if groups:
-        details.append(_retainer_tree(groups, limit))
+        details.append(_retainer_tree(groups, limit, tolerance=tolerance))
     if finding.tensors:
         details.append(Text("tensors:"))
-        details.extend(Text(f"  {g.describe()}") for g in finding.tensors[:limit])
-        hidden = len(finding.tensors) - len(finding.tensors[:limit])
+        shown = shown_count(limit, [g.nbytes for g in finding.tensors], tolerance)
+        details.extend(Text(f"  {g.describe()}") for g in finding.tensors[:shown])
+        hidden = len(finding.tensors) - len(finding.tensors[:shown])
         if hidden:
             details.append(_more(hidden, "tensor groups"))
     if finding.processes:
@@ -178,11 +203,15 @@ class TerminalReport:
                 )
             )
             for finding in findings:
-                console.print(finding_block(finding, self.verbosity))
+                tolerance = tolerance_for(result, finding.device)
+                console.print(finding_block(finding, self.verbosity, tolerance=tolerance))
         unrooted = unrooted_groups(result)
         if unrooted:
             heading = "not reached from any Python root"
-            console.print(_retainer_tree(unrooted, limit_for(self.verbosity), heading))
+            floor = min((d.allowance for d in result.devices), default=None)
+            console.print(
+                _retainer_tree(unrooted, limit_for(self.verbosity), heading, tolerance=floor)
+            )
         verdict = (
             Text("LEAK: ", style="bold red") if result.leaked else Text("OK: ", style="bold green")
         )

@@ -196,7 +196,7 @@ def _analyze(
     nn_module = getattr(sys.modules.get("torch.nn.modules.module"), "Module", None)
     forest = PathForest(graph, env, target_map, baseline_ids, nn_module, hidden)
     forest.grow(env.all_seeds())
-    native = forest.adopt_unrooted(view.frozen_ids)
+    native = forest.adopt_unrooted(view.frozen_ids, in_child=view.in_child)
     # Storage objects torch keeps for a storage's Python identity are not holders
     # when a rooted tensor holds the same storage.
     rooted_keys = {graph.holders[h] for h in graph.holders if h in forest.claim}

@@ -28,6 +28,7 @@ from memdiag.heap.view import HeapView
 from memdiag.retainers.describe import qualname, type_name
 from memdiag.retainers.known import IgnoreRule, KnownRetention, match_ignore, match_known
 from memdiag.retainers.model import RetainerReport
+from memdiag.retainers.outside import logger_root, outside_note
 from memdiag.retainers.paths import PSEUDO_KINDS, PathForest
 from memdiag.values.retainers import Edge, RetainerGroup
 from memdiag.values.units import format_bytes
@@ -39,7 +40,14 @@ _FROZEN_NOTE = (
     "collected after gc.unfreeze()"
 )
 _UNREACHABLE_NOTE = (
-    "no root reaches this reference cycle; gc.collect() would free it (is gc disabled?)"
+    "no root reaches this reference cycle: gc.collect() would free it unless native code "
+    "refers into it (a C extension, a hook registered from C); the check runs "
+    "gc.collect() first, so a cycle still seen by a check is held that way"
+)
+_OUTSIDE_NOTE = (
+    "nothing in the Python heap refers to the first object of this chain, yet it is "
+    "alive: native code holds it (a C extension, a hook registered from C, the arguments "
+    "of an atexit callback); gc.collect() does not free it"
 )
 _NATIVE_NOTE = (
     "no Python object refers to these tensors: they are held from native code (a C++ "
@@ -102,8 +110,23 @@ def _rooted_groups(
             note = _FROZEN_NOTE.format(n=len(frozen_ids))
         elif kind == "unreachable":
             note = _UNREACHABLE_NOTE
+        elif kind == "native":
+            note = _OUTSIDE_NOTE
+        else:
+            note = outside_note(name) if kind == "registry" else ""
         focus = suspect if suspect is not None else nodes[max(common - 1, 0)]
         others = () if kind in PSEUDO_KINDS else forest.other_roots(focus, name)
+        shown_common = _shown_length(where, common, len(chain))
+        signature_name = seed.signature_name
+        registry = logger_root(chain)
+        if registry is not None:  # logging's registry keeps the logger, whoever named it
+            cut, name = registry
+            kind, others, chain, signature_name = "registry", (), chain[cut + 1 :], name
+            note = note or outside_note(name)
+            suspect_index = None if suspect_index is None else suspect_index - cut - 1
+            if suspect_index is not None and suspect_index < 0:
+                suspect_index = None
+            shown_common = max(shown_common - cut - 1, 0)
         out.append(
             RetainerGroup(
                 root_kind=kind,
@@ -116,7 +139,7 @@ def _rooted_groups(
                 signature=signature(
                     (
                         kind,
-                        seed.signature_name,
+                        signature_name,
                         *forest.shape_parts(shape),
                         type_name(type(graph.nodes[example])),
                     )
@@ -124,7 +147,7 @@ def _rooted_groups(
                 frozen=any(n in frozen_ids for n in nodes),
                 example_tensor=forest.info(example).text(storage),
                 storage_keys=tuple(sorted(keys)),
-                common_length=_shown_length(where, common, len(chain)),
+                common_length=shown_common,
                 note=note,
                 alloc_site=alloc_sites.get(graph.holders[example]),
                 other_roots=others,
@@ -226,10 +249,13 @@ def assemble(
     for group in extra:
         if group.root_name == "native code":
             mine = [k for k in group.storage_keys if k not in credited]
+            if not mine:
+                continue  # every storage is credited to a root: nothing native left to show
             group = dataclasses.replace(
                 group, retained_bytes=sum(targets[k] for k in mine), storage_count=len(mine)
             )
         fixed.append(group)
+    groups = _fold_empty(groups)
     rooted: list[RetainerGroup] = []
     unrooted: list[RetainerGroup] = [g for g in groups if g.root_kind == "unreachable"] + fixed
     ignored: list[RetainerGroup] = []
@@ -276,3 +302,36 @@ def assemble(
         target_storages=len(targets),
         target_bytes=sum(targets.values()),
     )
+
+
+def _fold_empty(groups: list[RetainerGroup]) -> list[RetainerGroup]:
+    """Pseudo-rooted groups (an unreachable cycle, native code, gc.freeze()) whose every
+    storage was credited to an earlier group hold no bytes of their own: instead of an
+    empty "0 B" group, their holder joins that group's other roots (it keeps a view of
+    the storage, so cutting the named root alone frees nothing)."""
+    owner: dict[int, int] = {}
+    for index, group in enumerate(groups):
+        if group.storage_count:
+            for key in group.storage_keys:
+                owner.setdefault(key, index)
+    extra_roots: dict[int, list[str]] = {}
+    kept: list[int] = []
+    for index, group in enumerate(groups):
+        if group.storage_count or not group.storage_keys or group.root_kind not in PSEUDO_KINDS:
+            kept.append(index)  # a root's views of another's storages stay listed
+            continue
+        target = owner.get(group.storage_keys[0])
+        if target is None:
+            kept.append(index)
+        else:  # a view of the same storage: cutting the other root alone frees nothing
+            extra_roots.setdefault(target, []).append(group.root_name)
+    out = []
+    for index in kept:
+        group = groups[index]
+        more = [r for r in extra_roots.get(index, ()) if r not in group.other_roots]
+        if more:
+            group = dataclasses.replace(
+                group, other_roots=(*group.other_roots, *dict.fromkeys(more))
+            )
+        out.append(group)
+    return out

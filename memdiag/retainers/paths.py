@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
 import types
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,12 +38,13 @@ from memdiag.retainers.describe import (
     tensor_info,
     type_name,
 )
+from memdiag.retainers.outside import OutsideHolders
 from memdiag.retainers.roots import RootEnv, Seed
 from memdiag.retainers.scan import Subgraph
 from memdiag.values.readings import pool_of_key
 from memdiag.values.retainers import ROOT_KINDS, Edge
 
-__all__ = ["CHAIN_HEAD", "CHAIN_TAIL", "PathForest", "normalise_label"]
+__all__ = ["CHAIN_HEAD", "CHAIN_TAIL", "NATIVE_ROOT", "PathForest", "normalise_label"]
 
 CHAIN_HEAD = 12
 """Hops shown from the root's end of a long chain."""
@@ -76,12 +78,21 @@ _LONG_LIVED = (
 _STRUCTURAL = (dict, list, tuple, set, frozenset, types.CellType, types.MappingProxyType)
 _INDEX = re.compile(r"\[[^\]]*\]|\(key [^)]*\)")
 _LINE = re.compile(r":\d+\)")
-PSEUDO_KINDS = ("frozen", "unreachable")
+PSEUDO_KINDS = ("frozen", "unreachable", "native")
+NATIVE_ROOT = "native code"
+"""Root name of objects nothing in the Python heap refers to (held from C)."""
 
 
 def normalise_label(label: str) -> str:
     """A label's shape: keys and indices abstracted, line numbers dropped."""
     return _LINE.sub(")", _INDEX.sub("[*]", label))
+
+
+def _logging_types() -> tuple[type, ...]:
+    """logging's loggers, placeholders and manager, if the program imported logging."""
+    logging = sys.modules.get("logging")
+    found = (getattr(logging, n, None) for n in ("Logger", "PlaceHolder", "Manager"))
+    return tuple(t for t in found if isinstance(t, type))
 
 
 class PathForest:
@@ -118,6 +129,7 @@ class PathForest:
         self.role: dict[int, str] = {}
         self._parents: dict[int, list[int]] | None = None
         self._infos: dict[int, TensorInfo] = {}
+        self._logging = _logging_types()
 
     # -- building ----------------------------------------------------------------
     def grow(self, seeds: list[Seed]) -> None:
@@ -159,6 +171,8 @@ class PathForest:
         tp = type(obj)
         if tp in _LONG_LIVED or issubclass(tp, type) or tp is self.env.lru_type:
             return True
+        if issubclass(tp, self._logging):
+            return True  # logging keeps every logger (and its manager) for good
         return parent_long_lived and tp in _STRUCTURAL
 
     def _visit(self, node: int, seed_index: int, parent: int | None) -> None:
@@ -208,8 +222,13 @@ class PathForest:
         nodes = self.graph.nodes
         return self.labeller.hop(nodes[parent], self.role[parent], nodes[node], owner)
 
-    def adopt_unrooted(self, frozen_ids: frozenset[int]) -> list[int]:
-        """Give holders no root reaches a pseudo root; returns those nothing refers to."""
+    def adopt_unrooted(self, frozen_ids: frozenset[int], *, in_child: bool = False) -> list[int]:
+        """Give holders no root reaches a root: the holder outside the heap that keeps
+        the topmost object alive when it can be named (atexit, a contextvars context, a
+        signal or trace hook), else native code when nothing in the heap refers to it,
+        else the gc-frozen generation or an unreachable cycle.  Returns the holders
+        nothing refers to."""
+        outside = OutsideHolders(in_child=in_child)
         native: list[int] = []
         parents = self.parents()
         nodes = self.graph.nodes
@@ -236,13 +255,35 @@ class PathForest:
                 sources or list(distance),
                 key=lambda n: (distance[n], qualname(type(nodes[n]))),
             )
-            kind = "frozen" if any(n in frozen_ids for n in distance) else "unreachable"
-            name = "gc.freeze()" if kind == "frozen" else "unreachable cycle"
-            signature_name = f"{kind}:{type_name(type(nodes[top]))}"
-            rank = ROOT_KINDS.index(kind)
-            self.seeds.append(Seed(rank, kind, name, signature_name, "", "plain", top, top, None))
-            self._visit(top, len(self.seeds) - 1, None)
-            self._expand(deque([top]))
+            held = outside.name(nodes[top], distance) if sources else None
+            if held is not None:
+                start = id(held.start)
+                seed = Seed(
+                    ROOT_KINDS.index("registry"),
+                    "registry",
+                    held.name,
+                    held.signature_name,
+                    held.label,
+                    "plain",
+                    top,
+                    start,
+                    nodes[top],
+                )
+            else:
+                start = top
+                if any(n in frozen_ids for n in distance):
+                    kind, name = "frozen", "gc.freeze()"
+                elif sources:  # nothing in the heap refers to it, yet it is alive
+                    kind, name = "native", NATIVE_ROOT
+                else:
+                    kind, name = "unreachable", "unreachable cycle"
+                signature_name = f"{kind}:{type_name(type(nodes[top]))}"
+                seed = Seed(
+                    ROOT_KINDS.index(kind), kind, name, signature_name, "", "plain", top, top, None
+                )
+            self.seeds.append(seed)
+            self._visit(start, len(self.seeds) - 1, None)
+            self._expand(deque([start]))
         return native
 
     # -- reading -----------------------------------------------------------------
@@ -372,7 +413,10 @@ class PathForest:
             for parent in parents.get(current, ()):
                 if parent not in seen and parent not in roots:
                     seen.add(parent)
-                    queue.append(parent)
+                    # Every logger reaches every other through logging's manager: the
+                    # roots above a logger are not roots of what is stored on it.
+                    if not issubclass(type(self.graph.nodes.get(parent)), self._logging):
+                        queue.append(parent)
         names = {s.name for s in self.seeds if s.child_id in seen and s.kind not in PSEUDO_KINDS}
         names.discard(own)
         return tuple(sorted(names)[:5])

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memdiag.values.findings import Finding
+from memdiag.values.holders import held_text
 from memdiag.values.readings import DeviceReading
 from memdiag.values.units import format_bytes, plural
 
@@ -117,11 +118,11 @@ class CheckResult:
         total = sum(f.nbytes for f in self.leaks)
         # Process groups and CPU workers carry no device bytes: say what leaked instead.
         amount = f"{format_bytes(total)} leaked" if total else plural(len(self.leaks), "leak")
-        chain = top.retainers[0].chain_text() if top.retainers else None
-        if chain:
+        held = held_text(top.retainers, top.nbytes)
+        if held:
             return (
                 f"{amount}; top: {format_bytes(top.nbytes)} of {top.kind.heading} on "
-                f"{top.device}, held by {chain}"
+                f"{top.device}, {held}"
             )
         return f"{amount}; top: {top.headline()}"
 

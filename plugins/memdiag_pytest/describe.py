@@ -39,7 +39,10 @@ def build_failure(
         message = f"memdiag: {leak_line(result)} after {blame}"
         lines.append(message)
         lines.extend(
-            f"  {line}" for line in finding_lines(result.leaks, groups=3 if verbosity <= 0 else 20)
+            f"  {line}"
+            for line in finding_lines(
+                result.leaks, groups=3 if verbosity <= 0 else 20, result=result
+            )
         )
     else:
         message = f"memdiag: {peaks[0].describe()}"

@@ -217,20 +217,7 @@ def run(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--objects", type=int, default=2_000_000, help="heap size in gc objects")
-    parser.add_argument(
-        "--objgraph-sample", type=int, default=20, help="tensors to time objgraph on (0: skip)"
-    )
-    parser.add_argument(
-        "--objgraph-budget",
-        type=float,
-        default=600.0,
-        help="stop sampling objgraph after this many s",
-    )
-    args = parser.parse_args(argv)
-    figures = run(args.objects, args.objgraph_sample, args.objgraph_budget)
+def _print_one(figures: dict[str, Any]) -> None:
     print(f"heap: {figures['heap_objects']:,} gc objects, {figures['targets']} leaked storages")
     print(f"bare referents pass: {figures['bare_s']:.3f} s")
     print(
@@ -249,6 +236,49 @@ def main(argv: list[str] | None = None) -> int:
     )
     for line in figures["groups"] + figures["notes"]:
         print(f"  {line}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--objects", type=int, default=2_000_000, help="heap size in gc objects")
+    parser.add_argument(
+        "--scaling",
+        default="0.25,0.5",
+        help="also measure heaps of these fractions of --objects (linearity; '' to skip)",
+    )
+    parser.add_argument(
+        "--objgraph-sample", type=int, default=20, help="tensors to time objgraph on (0: skip)"
+    )
+    parser.add_argument(
+        "--objgraph-budget",
+        type=float,
+        default=600.0,
+        help="stop sampling objgraph after this many s",
+    )
+    args = parser.parse_args(argv)
+    fractions = [float(f) for f in args.scaling.split(",") if f.strip()]
+    smaller = [run(int(args.objects * f), 0, repeats=2) for f in sorted(fractions)]
+    figures = run(args.objects, args.objgraph_sample, args.objgraph_budget)
+    _print_one(figures)
+    if smaller:
+        rows = [*smaller, figures]
+        print(
+            f"{'heap objects':>13} {'analysis s':>10} {'us/object':>9} "
+            f"{'peak MiB':>9} {'B/object':>8}"
+        )
+        for row in rows:
+            print(
+                f"{row['heap_objects']:>13,} {row['analysis_s']:>10.3f} "
+                f"{row['analysis_s'] / row['heap_objects'] * 1e6:>9.2f} "
+                f"{row['peak_bytes'] / 2**20:>9.1f} {row['bytes_per_object']:>8.1f}"
+            )
+        first, last = rows[0], rows[-1]
+        grow = last["heap_objects"] / first["heap_objects"]
+        print(
+            f"heap x{grow:.1f}: time x{last['analysis_s'] / first['analysis_s']:.1f}, "
+            f"peak memory x{last['peak_bytes'] / max(first['peak_bytes'], 1):.1f} "
+            f"(linear: both about x{grow:.1f})"
+        )
     return 0
 
 
