@@ -135,12 +135,26 @@ def _scan_all(root: int) -> frozenset[int]:
     return frozenset(tree)
 
 
+_OWN_CMDLINE: dict[tuple[int, int], str] = {}
+
+
 def cmdline(pid: int, *, max_len: int = 256) -> str:
     """The command line of ``pid`` as one string, ``''`` when unknown or gone.
 
     Falls back to the kernel's short name (``/proc/PID/comm``) for processes whose
-    command line is empty (zombies, kernel threads); truncated to ``max_len``.
+    command line is empty (zombies, kernel threads); truncated to ``max_len``.  This
+    process' own line is read once (every driver reading names it; it cannot change).
     """
+    if pid == os.getpid():
+        key = (pid, max_len)
+        text = _OWN_CMDLINE.get(key)
+        if text is None:
+            text = _OWN_CMDLINE[key] = _read_cmdline(pid, max_len)
+        return text
+    return _read_cmdline(pid, max_len)
+
+
+def _read_cmdline(pid: int, max_len: int) -> str:
     base = _PROC / str(pid)
     try:
         raw = (base / "cmdline").read_bytes()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from rich.console import Console
 
@@ -43,7 +43,7 @@ def xml_text(text: str) -> str:
     return _UNSAFE_XML.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
-class TrailingSpaceStripper:
+class TrailingSpaceStripper:  # duck-typed IO[str]: what it lacks, it forwards
     """A text stream that drops spaces at the end of every line it forwards.
 
     Only for streams that are not terminals: on a terminal the padding may carry a
@@ -104,11 +104,11 @@ def plain_console(file: IO[str] | None = None, *, stderr: bool = False, **option
         # Resolved at every write, as rich does: a program may replace sys.stderr.
         getter = (lambda: sys.stderr) if stderr else (lambda: sys.stdout)
         return Console(
-            file=TrailingSpaceStripper(getter),  # type: ignore[arg-type]
+            file=cast(IO[str], TrailingSpaceStripper(getter)),
             markup=False,
             emoji=False,
             **options,
         )
     if not _is_tty(file):
-        file = TrailingSpaceStripper(file)  # type: ignore[assignment]
+        file = cast(IO[str], TrailingSpaceStripper(file))
     return Console(file=file, markup=False, emoji=False, **options)

@@ -34,7 +34,7 @@ import tempfile
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from _pytest.config import create_terminal_writer
@@ -307,7 +307,8 @@ class Isolation:
                     complete = True
                 if isinstance(report, pytest.TestReport):
                     complete = complete or report.when == "teardown"
-                    report.location = tuple(report.location)  # type: ignore[assignment]
+                    fspath, lineno, domain = report.location
+                    report.location = (fspath, lineno, domain)
                     reports.append(report)
             elif kind == "warning":
                 location = event.get("location")
@@ -398,11 +399,15 @@ def _collect_error_as_setup(report: pytest.CollectReport) -> pytest.TestReport:
     )
 
 
+_Phase = Literal["setup", "call", "teardown"]
+
+
 def _crash_report(
-    item: pytest.Item, received: list[pytest.TestReport], text: str, when: str = ""
+    item: pytest.Item, received: list[pytest.TestReport], text: str, when: _Phase | None = None
 ) -> pytest.TestReport:
     """The failure of a test whose child did not send (all) its reports."""
-    when = when or ("teardown" if any(r.when == "call" for r in received) else "call")
+    if when is None:
+        when = "teardown" if any(r.when == "call" for r in received) else "call"
     path, lineno, _ = item.location
     return pytest.TestReport(
         nodeid=item.nodeid,
@@ -410,5 +415,5 @@ def _crash_report(
         keywords=dict.fromkeys(item.keywords, 1),
         outcome="failed",
         longrepr=MessageRepr(text.splitlines()[0], text, path, (lineno or 0) + 1),
-        when=when,  # type: ignore[arg-type]
+        when=when,
     )
