@@ -135,7 +135,7 @@ def _scan_all(root: int) -> frozenset[int]:
     return frozenset(tree)
 
 
-_OWN_CMDLINE: dict[tuple[int, int], str] = {}
+_OWN_CMDLINE: dict[tuple[int, int, Path], str] = {}
 
 
 def cmdline(pid: int, *, max_len: int = 256) -> str:
@@ -146,7 +146,7 @@ def cmdline(pid: int, *, max_len: int = 256) -> str:
     process' own line is read once (every driver reading names it; it cannot change).
     """
     if pid == os.getpid():
-        key = (pid, max_len)
+        key = (pid, max_len, _PROC)
         text = _OWN_CMDLINE.get(key)
         if text is None:
             text = _OWN_CMDLINE[key] = _read_cmdline(pid, max_len)
