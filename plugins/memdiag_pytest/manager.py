@@ -49,7 +49,7 @@ from memdiag.values.result import CheckResult
 from . import describe, reporting
 from .isolation import CUDA_REFUSAL, Isolation, cuda_initialized, wants_fork
 from .marks import closest, options_from
-from .options import Settings, child_events_path
+from .options import MemdiagWarning, Settings, child_events_path
 from .runs import (
     RANK,
     CheckRun,
@@ -83,6 +83,7 @@ class LeakCheckManager:
         self._run: CheckRun | None = None
         self._test: TestState | None = None
         self._deferring = False
+        self._peak_bound_said = False
         self._excluding = 0
         self.isolation = (
             None if child_events_path() is not None else Isolation(config, settings.isolate)
@@ -231,6 +232,23 @@ class LeakCheckManager:
         the test or engine marks itself are always recorded."""
         return test is not None and test.options.max_peak is not None
 
+    def _say_peak_bound(self, test: TestState | None) -> None:
+        """Once a session: where a device has no peak counter, ``max_peak`` sees only
+        phase-end values, a lower bound of the peak."""
+        uncounted = [d for d in self.selection.devices if d == "cpu"]
+        if self._peak_bound_said or not uncounted or test is None:
+            return
+        self._peak_bound_said = True
+        test.item.warn(
+            MemdiagWarning(
+                f"max_peak on {', '.join(uncounted)}: CPU tensors have no peak counter, so the "
+                "budget is compared with the memory at each phase end (setup, call, teardown "
+                "and the phases a test marks with gpu_leak_tracker.phase(NAME)), a lower "
+                "bound of the peak; a buffer allocated and freed within one phase is not "
+                "seen: mark the step that may peak as a phase of its own"
+            )
+        )
+
     def _start_tracker(self, run: CheckRun, first_phase: str) -> None:
         tracker = self.series.start(tolerance=run.tolerance, settle=run.settle, name=run.key)
         run.tracker = tracker
@@ -238,6 +256,7 @@ class LeakCheckManager:
         if run.scope == "function":
             if self._phases_on(test):
                 tracker.phase(first_phase)
+                self._say_peak_bound(test)
         elif test is not None and test.checked:
             self._open_test_phase(test)
 

@@ -42,6 +42,10 @@ MODES = ("none", "fork", "spawn")
 """Where each test runs (``--gpu-leak-isolate``): in pytest, a forked or a spawned child."""
 
 
+class MemdiagWarning(pytest.PytestWarning):
+    """An option or condition that makes memdiag's check do something else than asked."""
+
+
 def child_events_path() -> Path | None:
     """Where this process sends its reports, when it is a spawned child."""
     value = os.environ.get(CHILD_ENV)

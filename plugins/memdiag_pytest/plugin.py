@@ -20,6 +20,7 @@ import pytest
 from .marks import MARKERS, marker_help
 from .options import (
     CHILD_ENV,
+    MemdiagWarning,
     add_options,
     child_events_path,
     is_enabled,
@@ -44,10 +45,6 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
     return not _is_xdist_worker(config) and getattr(config.option, "dist", "no") != "no"
-
-
-class MemdiagWarning(pytest.PytestWarning):
-    """An option or condition that makes memdiag's check do something else than asked."""
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -132,7 +132,7 @@ class ResultsCollector:
         for notice in self.notices:
             tr.write_line(f"memdiag WARNING: {notice}", red=True, bold=True)
         leaking, over_peak = self.leaking, self.over_peak
-        units = "scopes" if self.wider else "tests"
+        units = ("scope" if self.wider else "test") + ("" if self.checked == 1 else "s")
         clean = self.checked - len(leaking)
         tr.write_line(
             f"memdiag: checked {self.checked} {units} ({self.header}): "

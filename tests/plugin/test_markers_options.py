@@ -87,6 +87,33 @@ def test_markers_tune_one_test(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*over budget  test_marks.py::test_peak_over_budget: *"])
 
 
+def test_max_peak_on_cpu_says_it_sees_phase_ends_only(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_cpu_peak="""
+import pytest
+import torch
+
+@pytest.mark.gpu_leak_check(max_peak="1MiB")
+def test_peak_inside_one_phase():
+    buffer = torch.ones(16 << 20, dtype=torch.uint8)  # 16 MiB, freed before the phase ends
+    del buffer
+
+@pytest.mark.gpu_leak_check(max_peak="1MiB")
+def test_second():
+    pass
+"""
+    )
+    result = pytester.runpytest("--gpu-leak-check", "--gpu-leak-device=cpu", "-W", "default")
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*MemdiagWarning: max_peak on cpu: CPU tensors have no peak counter, so the budget "
+            "is compared with the memory at each phase end*",
+            "memdiag: checked 2 tests (cpu; *): 2 clean, 0 leaking",
+        ]
+    )
+
+
 def test_marker_opts_in_without_the_flag(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ngpu_leak_device = fake\n")
     pytester.makepyfile(
@@ -104,7 +131,7 @@ def test_unmarked(gpu_leak_tracker):
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "memdiag: checked 1 tests (fake:0; function scope, marked tests only): "
+            "memdiag: checked 1 test (fake:0; function scope, marked tests only): "
             "0 clean, 1 leaking",
             "FAILED test_optin.py::test_marked_leak - memdiag: fake:0: 8.0 MiB over baseline*",
         ]
