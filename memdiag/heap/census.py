@@ -427,13 +427,11 @@ _FROZEN_CPU: dict[int, dict[int, int]] = {}
 """Freeze count -> CPU storages (key -> bytes) of frozen tensors, read in a fork."""
 
 
-def _frozen_cpu_storages(view: HeapView) -> dict[int, int]:
-    tensor = tensor_class()
-    found: dict[int, int] = {}
-    if tensor is None:
-        return found
-    for obj in view.objects:
-        if id(obj) in view.frozen_ids and is_tensor_type(type(obj), tensor):
+def _cpu_storages(objects: Iterable[object], tensor: type, into: dict[int, int]) -> None:
+    """``storage key -> bytes`` of the CPU tensors among ``objects``, added to ``into``."""
+    obj: Any
+    for obj in objects:
+        if is_tensor_type(type(obj), tensor):
             try:
                 if _device_name(obj) != "cpu":
                     continue
@@ -441,7 +439,15 @@ def _frozen_cpu_storages(view: HeapView) -> dict[int, int]:
                 continue
             storage = _storage_of(obj)
             if storage is not None:
-                found[int(storage._cdata)] = _storage_bytes(obj, storage)
+                into[int(storage._cdata)] = _storage_bytes(obj, storage)
+
+
+def _frozen_cpu_storages(view: HeapView) -> dict[int, int]:
+    tensor = tensor_class()
+    found: dict[int, int] = {}
+    if tensor is not None:
+        frozen = view.frozen_ids
+        _cpu_storages((o for o in view.objects if id(o) in frozen), tensor, found)
     return found
 
 
@@ -474,17 +480,7 @@ def live_cpu_bytes() -> int:
     # and TorchScript modules hold from C++ as well.
     hidden = find_hidden(objects, arrays=False)
     try:
-        obj: Any
-        for obj in with_hidden(objects, hidden):
-            if is_tensor_type(type(obj), tensor):
-                try:
-                    if _device_name(obj) != "cpu":
-                        continue
-                except Exception:  # noqa: BLE001
-                    continue
-                storage = _storage_of(obj)
-                if storage is not None:
-                    keys[storage._cdata] = _storage_bytes(obj, storage)
+        _cpu_storages(with_hidden(objects, hidden), tensor, keys)
     finally:
         hidden.clear()
         del objects
