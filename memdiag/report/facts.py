@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from memdiag.values.findings import Finding, FindingKind
-from memdiag.values.holders import biggest_first
+from memdiag.values.holders import in_blame_order
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult
-from memdiag.values.retainers import RetainerGroup
+from memdiag.values.retainers import RetainerGroup, blame_order
 
 __all__ = [
     "Point",
@@ -61,7 +61,7 @@ def ordered_findings(result: CheckResult) -> list[Finding]:
 
 def groups_of(finding: Finding) -> list[RetainerGroup]:
     """The finding's retainer groups, most retained bytes first."""
-    return biggest_first(finding.retainers)
+    return in_blame_order(finding.retainers)
 
 
 def unrooted_groups(result: CheckResult) -> list[RetainerGroup]:
@@ -72,7 +72,7 @@ def unrooted_groups(result: CheckResult) -> list[RetainerGroup]:
         for g in (raw if isinstance(raw, list) else ())
         if isinstance(g, dict)
     ]
-    return sorted(groups, key=lambda g: (-g.retained_bytes, g.root_name))
+    return sorted(groups, key=blame_order)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from memdiag.report.console import plain_console
 from memdiag.report.facts import shown_count, tolerance_for
 from memdiag.report.terminal import render_terminal
 from memdiag.values.findings import Finding, FindingKind
-from memdiag.values.holders import biggest_first, held_text
+from memdiag.values.holders import held_text, in_blame_order
 from memdiag.values.result import CheckResult
 from memdiag.values.units import format_bytes
 
@@ -76,7 +76,7 @@ def finding_lines(
     for finding in findings:
         label = "LEAK" if finding.is_leak else "note"
         lines.append(f"{label} [{finding.kind.heading}] {finding.headline()}")
-        ranked = biggest_first(finding.retainers)
+        ranked = in_blame_order(finding.retainers)
         floor = tolerance_for(result, finding.device)
         count = shown_count(groups, [g.retained_bytes for g in ranked], floor)
         lines.extend(

@@ -8,6 +8,7 @@ from typing import Any
 
 from memdiag.retainers.analysis import analyze
 from memdiag.values.findings import Finding
+from memdiag.values.retainers import blame_order
 
 __all__ = ["attach_retainers"]
 
@@ -42,7 +43,7 @@ def attach_retainers(
             out.append(finding)
             continue
         # What the program must fix first; framework retention (known) after it.
-        mine.sort(key=lambda g: (g.known is not None, -g.retained_bytes))
+        mine.sort(key=blame_order)
         updated = dataclasses.replace(finding, retainers=tuple(mine))
         excused = [g for g in mine if g.known is not None or g in report.ignored]
         if finding.is_leak and len(excused) == len(mine):

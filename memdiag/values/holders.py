@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from memdiag.values.retainers import RetainerGroup
+from memdiag.values.retainers import RetainerGroup, blame_order
 from memdiag.values.units import format_bytes, plural
 
-__all__ = ["biggest_first", "held_text"]
+__all__ = ["held_text", "in_blame_order"]
 
 
-def biggest_first(groups: Iterable[RetainerGroup]) -> list[RetainerGroup]:
-    """Retainer groups, most retained bytes first (ties by root name)."""
-    return sorted(groups, key=lambda g: (-g.retained_bytes, g.root_name))
+def in_blame_order(groups: Iterable[RetainerGroup]) -> list[RetainerGroup]:
+    """Retainer groups in :func:`~memdiag.values.retainers.blame_order`: named roots
+    before native code and unreachable cycles, framework retention last, each biggest
+    first."""
+    return sorted(groups, key=blame_order)
 
 
 def held_text(groups: Iterable[RetainerGroup], total: int | None = None) -> str:
@@ -27,7 +29,7 @@ def held_text(groups: Iterable[RetainerGroup], total: int | None = None) -> str:
     ``total`` (the bytes the line already states); otherwise each number is written next
     to the groups it belongs to: ``24.0 MiB held by ...; 36.0 MiB by 2 other
     retainers``.  ``""`` when there is no retainer."""
-    ranked = biggest_first(groups)
+    ranked = in_blame_order(groups)
     if not ranked:
         return ""
     top, rest = ranked[0], ranked[1:]

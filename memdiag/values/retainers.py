@@ -15,7 +15,7 @@ from typing import Any
 
 from memdiag.values.units import format_bytes
 
-__all__ = ["ROOT_KINDS", "Edge", "RetainerGroup", "render_chain"]
+__all__ = ["ROOT_KINDS", "Edge", "RetainerGroup", "blame_order", "render_chain"]
 
 #: Root kinds in order of preference; ``frozen`` and below hold what no Python root reaches.
 ROOT_KINDS = (
@@ -29,6 +29,8 @@ ROOT_KINDS = (
     "unreachable",
     "native",
 )
+
+_UNNAMED_ROOTS = frozenset({"unreachable", "native"})
 
 _PATH_LABEL = re.compile(r"^(?!\.\.\. )[.\[]")  # ``... N more links ...`` is no path
 
@@ -253,3 +255,16 @@ class RetainerGroup:
             alloc_site=None if site is None else str(site),
             other_roots=tuple(str(r) for r in others) if isinstance(others, list) else (),
         )
+
+
+def blame_order(group: RetainerGroup) -> tuple[bool, bool, int, str]:
+    """The order groups are shown and blamed in: what the program holds by a name it
+    owns first (a global, a class attribute, a cache, a thread), then what only native
+    code or an unreachable cycle holds, framework retention (``known``) last; each
+    biggest first."""
+    return (
+        group.known is not None,
+        group.root_kind in _UNNAMED_ROOTS,
+        -group.retained_bytes,
+        group.root_name,
+    )
