@@ -16,13 +16,14 @@ only, so it may also run in a forked child (see :mod:`memdiag.heap.view`).
 from __future__ import annotations
 
 import gc
+import itertools
 import sys
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from memdiag.heap.hidden import find_hidden, with_hidden
+from memdiag.heap.hidden import HiddenRefs, find_hidden
 from memdiag.heap.hostmem import HostCounters, host_counters
 from memdiag.heap.view import HeapView, call_with_full_heap
 from memdiag.values.findings import TensorSummary
@@ -60,6 +61,24 @@ def is_tensor_type(tp: type, tensor: type) -> bool:
     except TypeError:  # a type without weak reference support: not cached
         pass
     return known
+
+
+def tensors_among(objects: Iterable[object], tensor: type) -> list[Any]:
+    """The objects among ``objects`` whose type is ``tensor`` or a subclass, at C speed:
+    each distinct type is classified once (by identity, :func:`is_tensor_type`), then
+    objects are picked by their type's id without a Python-level call per object."""
+    listing = objects if isinstance(objects, list) else list(objects)
+    kinds = dict(zip(map(id, map(type, listing)), map(type, listing), strict=True))
+    wanted = {key for key, tp in kinds.items() if is_tensor_type(tp, tensor)}
+    del kinds
+    if not wanted:
+        return []
+    return list(itertools.compress(listing, map(wanted.__contains__, map(id, map(type, listing)))))
+
+
+def _heap_tensors(objects: list[object], hidden: HiddenRefs, tensor: type) -> list[Any]:
+    """The tensors of the heap listing, then those only hidden references reach."""
+    return tensors_among(objects, tensor) + tensors_among(hidden.added, tensor)
 
 
 def tensor_class() -> type | None:
@@ -164,24 +183,23 @@ class StorageLedger:
         objects = gc.get_objects()
         hidden = find_hidden(objects, arrays=False)
         try:
-            for obj in with_hidden(objects, hidden):
-                if is_tensor_type(type(obj), tensor):
-                    storage = _storage_of(obj)
-                    if storage is not None:
-                        key = storage._cdata
-                        if key in self.refs:
-                            continue
-                        try:
-                            ref = StorageRef(storage, _storage_died)
-                        except TypeError:
-                            self.strong_keys.add(key)
-                            continue
-                        try:
-                            ref.device = _device_name(obj)
-                            ref.nbytes = int(storage.nbytes())
-                        except Exception:  # noqa: BLE001
-                            ref.device, ref.nbytes = "?", 0
-                        self.refs[key] = ref
+            for obj in _heap_tensors(objects, hidden, tensor):
+                storage = _storage_of(obj)
+                if storage is not None:
+                    key = storage._cdata
+                    if key in self.refs:
+                        continue
+                    try:
+                        ref = StorageRef(storage, _storage_died)
+                    except TypeError:
+                        self.strong_keys.add(key)
+                        continue
+                    try:
+                        ref.device = _device_name(obj)
+                        ref.nbytes = int(storage.nbytes())
+                    except Exception:  # noqa: BLE001
+                        ref.device, ref.nbytes = "?", 0
+                    self.refs[key] = ref
             if gc.get_freeze_count():
                 self.strong_keys.update(call_with_full_heap(_frozen_storage_keys))
             return len(objects)
@@ -214,8 +232,8 @@ def _frozen_storage_keys(view: HeapView) -> set[int]:
     keys: set[int] = set()
     if tensor is None:
         return keys
-    for obj in view.objects:
-        if id(obj) in view.frozen_ids and is_tensor_type(type(obj), tensor):
+    for obj in tensors_among(view.objects, tensor):
+        if id(obj) in view.frozen_ids:
             storage = _storage_of(obj)
             if storage is not None:
                 keys.add(storage._cdata)
@@ -345,9 +363,7 @@ def census_of(
     # module's parameters) have no Python tensor on the heap: count them too.
     hidden = find_hidden(view.objects, arrays=False) if tensor is not None else None
     if tensor is not None and hidden is not None:
-        for obj in with_hidden(view.objects, hidden):
-            if not is_tensor_type(type(obj), tensor):
-                continue
+        for obj in _heap_tensors(view.objects, hidden, tensor):
             storage = _storage_of(obj)
             if storage is None:
                 continue  # sparse, meta or fake tensors: nothing to count
@@ -413,8 +429,8 @@ def _pinned_keys() -> frozenset[int] | None:
     objects = gc.get_objects()
     try:
         obj: Any
-        for obj in objects:
-            if is_tensor_type(type(obj), tensor) and _device_name(obj) == "cpu":
+        for obj in tensors_among(objects, tensor):
+            if _device_name(obj) == "cpu":
                 storage = _storage_of(obj)
                 if storage is not None and _is_pinned(obj):
                     keys.add(storage._cdata)
@@ -430,16 +446,15 @@ _FROZEN_CPU: dict[int, dict[int, int]] = {}
 def _cpu_storages(objects: Iterable[object], tensor: type, into: dict[int, int]) -> None:
     """``storage key -> bytes`` of the CPU tensors among ``objects``, added to ``into``."""
     obj: Any
-    for obj in objects:
-        if is_tensor_type(type(obj), tensor):
-            try:
-                if _device_name(obj) != "cpu":
-                    continue
-            except Exception:  # noqa: BLE001
+    for obj in tensors_among(objects, tensor):
+        try:
+            if _device_name(obj) != "cpu":
                 continue
-            storage = _storage_of(obj)
-            if storage is not None:
-                into[int(storage._cdata)] = _storage_bytes(obj, storage)
+        except Exception:  # noqa: BLE001
+            continue
+        storage = _storage_of(obj)
+        if storage is not None:
+            into[int(storage._cdata)] = _storage_bytes(obj, storage)
 
 
 def _frozen_cpu_storages(view: HeapView) -> dict[int, int]:
@@ -447,7 +462,8 @@ def _frozen_cpu_storages(view: HeapView) -> dict[int, int]:
     found: dict[int, int] = {}
     if tensor is not None:
         frozen = view.frozen_ids
-        _cpu_storages((o for o in view.objects if id(o) in frozen), tensor, found)
+        tensors = [o for o in tensors_among(view.objects, tensor) if id(o) in frozen]
+        _cpu_storages(tensors, tensor, found)
     return found
 
 
@@ -480,7 +496,7 @@ def live_cpu_bytes() -> int:
     # and TorchScript modules hold from C++ as well.
     hidden = find_hidden(objects, arrays=False)
     try:
-        _cpu_storages(with_hidden(objects, hidden), tensor, keys)
+        _cpu_storages(_heap_tensors(objects, hidden, tensor), tensor, keys)
     finally:
         hidden.clear()
         del objects

@@ -174,7 +174,7 @@ def _analyze(
     # Storages held from C++ (autograd graphs, TorchScript modules, arrays viewing a
     # storage) are reached through edges gc.get_referents does not report.
     hidden = find_hidden(view.objects)
-    objects = list(with_hidden(view.objects, hidden)) if hidden else view.objects
+    objects = with_hidden(view.objects, hidden) if hidden else view.objects
     exclude.update({id(hidden), id(hidden.added), id(hidden.edges), id(objects)})
     holder_types = _holder_types(torch)
     key_of = _storage_key(torch)

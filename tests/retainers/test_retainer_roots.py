@@ -244,7 +244,9 @@ def test_gc_frozen_cycle_is_named_and_freeze_state_is_kept() -> None:
         before = freeze_count()
         assert before > 0
         report = analyze(targets)
-        assert freeze_count() == before
+        # Nothing unfrozen, nothing newly frozen.  A frozen object may still die by
+        # reference count meanwhile (a cache of an earlier test replaced): a few, not all.
+        assert before - 16 <= freeze_count() <= before
     finally:
         gc.unfreeze()
         if was_enabled:
