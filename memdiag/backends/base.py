@@ -50,8 +50,9 @@ class Backend(Protocol):
 
     def reset_peak(self, device: str) -> None: ...
 
-    def settle(self, device: str) -> None:
-        """Synchronise and drop framework-held workspaces that are not the program's."""
+    def settle(self, device: str, *, baseline: bool = False) -> None:
+        """Synchronise and drop framework-held workspaces that are not the program's.
+        ``baseline``: before a baseline reading (the passing path: keep it cheap)."""
         ...
 
     def close(self) -> None: ...

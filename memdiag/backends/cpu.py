@@ -47,7 +47,7 @@ class CpuBackend:
     def reset_peak(self, device: str) -> None:
         return None
 
-    def settle(self, device: str) -> None:
+    def settle(self, device: str, *, baseline: bool = False) -> None:
         return None
 
     def close(self) -> None:

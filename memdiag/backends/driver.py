@@ -169,7 +169,7 @@ class DriverBackend(Generic[Entry, Raw]):
     def reset_peak(self, device: str) -> None:
         """The driver keeps no peak; nothing to reset."""
 
-    def settle(self, device: str) -> None:
+    def settle(self, device: str, *, baseline: bool = False) -> None:
         """The driver cannot synchronise or free anything; the tracker polls instead."""
 
 

@@ -140,7 +140,7 @@ class FakeBackend:
         state = self._devices[device]
         state.peak_allocated = state.allocated
 
-    def settle(self, device: str) -> None:
+    def settle(self, device: str, *, baseline: bool = False) -> None:
         self.settles += 1
 
     def close(self) -> None:

@@ -124,6 +124,8 @@ class NvmlBackend(DriverBackend[tuple[Any, str], _Raw]):
     def __init__(self, *, module: Any = None, visible_devices: str | None = None) -> None:
         super().__init__(module=module)
         self._spec = visible_devices
+        self._usage_seen: dict[str, tuple[tuple[int, int], _Usage]] = {}
+        """UUID -> ((device used, free), per-process usage) of the last process listing."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -184,8 +186,19 @@ class NvmlBackend(DriverBackend[tuple[Any, str], _Raw]):
         return usage
 
     def _query(self, entry: tuple[Any, str]) -> _Raw:
+        """Device memory, then the processes' usage.  The process listings (two calls,
+        ~50 us on an H200 against ~8 us for the device's memory) are asked only when
+        the device's used and free bytes moved since the last listing: while they are
+        equal to the byte, no process' memory changed, so the last listing stands."""
         handle = entry[0]
-        return self._lib.nvmlDeviceGetMemoryInfo(handle), self._processes(handle)
+        memory = self._lib.nvmlDeviceGetMemoryInfo(handle)
+        device_key = (int(memory.used), int(memory.free))
+        seen = self._usage_seen.get(entry[1])
+        if seen is not None and seen[0] == device_key:
+            return memory, dict(seen[1])
+        usage = self._processes(handle)
+        self._usage_seen[entry[1]] = (device_key, dict(usage))
+        return memory, usage
 
     def _reading(self, device: str, entry: tuple[Any, str], raw: _Raw) -> DeviceReading:
         memory, usage = raw

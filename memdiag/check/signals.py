@@ -23,6 +23,12 @@ __all__ = ["deferred_signals"]
 _HELD = ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGUSR1", "SIGUSR2", "SIGTERM", "SIGHUP", "SIGCHLD")
 
 
+_HELD_NUMBERS = tuple(int(getattr(signal, name)) for name in _HELD if hasattr(signal, name))
+# The C function: signal.getsignal wraps SIG_DFL/SIG_IGN in an enum in Python (~3 us a
+# signal); the check asks for eight signals on every test.
+_getsignal: Callable[[int], Any] = getattr(signal, "_signal", signal).getsignal
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.arrived: list[int] = []
@@ -44,12 +50,9 @@ def deferred_signals(*, redeliver: bool = True) -> Iterator[list[int]]:
         return
     recorder = _Recorder()
     saved: dict[int, Callable[[int, FrameType | None], Any]] = {}
-    for name in _HELD:
-        signum = getattr(signal, name, None)
-        if signum is None:
-            continue
+    for signum in _HELD_NUMBERS:
         try:
-            handler = signal.getsignal(signum)
+            handler = _getsignal(signum)
             if callable(handler) and not isinstance(handler, _Recorder):
                 signal.signal(signum, recorder)
                 saved[signum] = handler

@@ -13,6 +13,7 @@ The check is built so that its passing path costs almost nothing:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import os
 import threading
@@ -232,7 +233,7 @@ class Tracker:
             for backend in self.selection.readers(device):
                 # Settle at the baseline too: workspaces the framework keeps (cuBLAS)
                 # are freed now, so freeing them while settling later cannot hide growth.
-                _safe(backend.settle, device)
+                _safe(functools.partial(backend.settle, baseline=True), device)
                 _safe(backend.reset_peak, device)
         if counters is not None:
             self._gate_base = counters
@@ -392,8 +393,9 @@ class Tracker:
         self, readings: dict[str, DeviceReading], *, always: bool = False
     ) -> dict[str, DeviceReading]:
         """Add the allocator's split by pool (``extra["pools"]``) where cached memory
-        exceeds the tolerance (always at baseline): a private pool (CUDA graph,
-        MemPool) keeps reserved memory that ``empty_cache()`` cannot return."""
+        exceeds the tolerance (at baseline: where private pools exist, whatever the
+        cache): a private pool (CUDA graph, MemPool) keeps reserved memory that
+        ``empty_cache()`` cannot return."""
         assert self.selection is not None
         owners: dict[tuple[int, int], list[str]] | None = None
         for device, reading in readings.items():
@@ -405,6 +407,8 @@ class Tracker:
             for backend in self.selection.readers(device):
                 pools = getattr(backend, "pools", None)
                 found = pools(device) if callable(pools) else None
+                if found is not None and always and not found["private"]:
+                    break  # a baseline keeps only what private pools hold
                 if found is not None:
                     if any(r > a for r, a in found["private"].values()):
                         if owners is None:

@@ -312,6 +312,7 @@ def test_reading_attributes_the_process_tree(
 
     gpu.processes[child.pid] = 300 * MiB  # the child grows between reads
     del gpu.processes[me]
+    gpu.used += 150 * MiB  # and the device's used bytes move with it
 
     again = backend.read("cuda:0")
 
@@ -382,6 +383,7 @@ def test_graphics_not_supported_is_not_an_error() -> None:
 def test_call_error_during_read(nvml: Any, backend: NvmlBackend, call: str) -> None:
     backend.read("cuda:1")
     nvml.fail[call] = fake.NVML_ERROR_GPU_IS_LOST
+    nvml.devices[1].used += MiB  # moved: the processes are listed again
 
     with pytest.raises(BackendUnavailable, match=r"^nvml: reading cuda:1 failed: GPU is lost$"):
         backend.read("cuda:1")
@@ -406,3 +408,23 @@ def test_reset_peak_and_settle_touch_nothing(nvml: Any, backend: NvmlBackend) ->
     backend.settle("cuda:0")
 
     assert nvml.calls == before
+
+
+def test_processes_are_listed_again_only_when_the_device_bytes_move(
+    nvml: Any, backend: NvmlBackend
+) -> None:
+    gpu = nvml.devices[0]
+    gpu.processes = {os.getpid(): 64 * MiB}
+    assert backend.read("cuda:0").process_used == 64 * MiB
+    listed = nvml.calls.count("nvmlDeviceGetComputeRunningProcesses")
+
+    again = backend.read("cuda:0")  # nothing moved: the last listing stands
+
+    assert again.process_used == 64 * MiB
+    assert nvml.calls.count("nvmlDeviceGetComputeRunningProcesses") == listed
+
+    gpu.processes = {os.getpid(): 96 * MiB}
+    gpu.used += 32 * MiB
+
+    assert backend.read("cuda:0").process_used == 96 * MiB
+    assert nvml.calls.count("nvmlDeviceGetComputeRunningProcesses") == listed + 1
