@@ -39,7 +39,6 @@ from memdiag.processes.distributed import (
 )
 from memdiag.processes.proctree import process_tree
 from memdiag.processes.watch import ProcessWatch, without_covered_processes
-from memdiag.retainers.attach import attach_retainers
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
 from memdiag.values.units import Tolerance, format_bytes, parse_seconds
@@ -656,6 +655,9 @@ class Tracker:
         if accounting:
             analysis["accounting"] = {d: acc.to_json() for d, acc in accounting.items()}
         if census is not None and self.analyze and any(f.storages and f.is_leak for f in findings):
+            # Loaded on the first leak only: a passing suite never pays its import.
+            from memdiag.retainers.attach import attach_retainers
+
             findings, analysis, extra = attach_retainers(
                 findings, record_alloc_stacks=self.record_alloc_stacks
             )

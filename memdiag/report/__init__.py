@@ -1,18 +1,27 @@
 """Renderers over the same finding objects, one module per output format, each a
 class with ``render(file)`` (:class:`~memdiag.report.base.Renderer`): terminal (rich),
 JSON (with a JSON Schema), HTML (with an SVG memory timeline), JUnit XML and GitHub
-Actions annotations; plus the base/head comparison and a progress status line."""
+Actions annotations; plus the base/head comparison and a progress status line.
+
+The names below load on first use: importing one renderer (or
+:mod:`memdiag.report.known`, which every checked test uses) does not import rich and
+the others.  (``compare`` is the submodule :mod:`memdiag.report.compare`; its
+function is ``memdiag.report.compare.compare``.)"""
 
 from __future__ import annotations
 
-from memdiag.report.base import Renderer, write_report
-from memdiag.report.compare import Comparison, compare
-from memdiag.report.github import GithubReport, in_github_actions
-from memdiag.report.html import HtmlReport
-from memdiag.report.json_report import JsonReport, load_json, load_report, write_json
-from memdiag.report.junit import JunitReport
-from memdiag.report.progress import status
-from memdiag.report.terminal import TerminalReport, render_terminal
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from memdiag.report.base import Renderer, write_report
+    from memdiag.report.compare import Comparison
+    from memdiag.report.github import GithubReport, in_github_actions
+    from memdiag.report.html import HtmlReport
+    from memdiag.report.json_report import JsonReport, load_json, load_report, write_json
+    from memdiag.report.junit import JunitReport
+    from memdiag.report.progress import status
+    from memdiag.report.terminal import TerminalReport, render_terminal
 
 __all__ = [
     "Comparison",
@@ -22,7 +31,6 @@ __all__ = [
     "JunitReport",
     "Renderer",
     "TerminalReport",
-    "compare",
     "in_github_actions",
     "load_json",
     "load_report",
@@ -31,3 +39,33 @@ __all__ = [
     "write_json",
     "write_report",
 ]
+
+_HOMES = {
+    "Comparison": "memdiag.report.compare",
+    "GithubReport": "memdiag.report.github",
+    "HtmlReport": "memdiag.report.html",
+    "JsonReport": "memdiag.report.json_report",
+    "JunitReport": "memdiag.report.junit",
+    "Renderer": "memdiag.report.base",
+    "TerminalReport": "memdiag.report.terminal",
+    "in_github_actions": "memdiag.report.github",
+    "load_json": "memdiag.report.json_report",
+    "load_report": "memdiag.report.json_report",
+    "render_terminal": "memdiag.report.terminal",
+    "status": "memdiag.report.progress",
+    "write_json": "memdiag.report.json_report",
+    "write_report": "memdiag.report.base",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'memdiag.report' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -46,7 +46,7 @@ from memdiag.check.tracker import Tracker
 from memdiag.report.known import apply_known
 from memdiag.values.result import CheckResult
 
-from . import describe, reporting
+from . import reporting
 from .isolation import CUDA_REFUSAL, Isolation, cuda_initialized, wants_fork
 from .marks import closest, options_from
 from .options import MemdiagWarning, Settings, child_events_path
@@ -430,6 +430,8 @@ class LeakCheckManager:
         if peaks or (result is not None and result.leaked):
             width = max(60, self.config.get_terminal_writer().fullwidth - 4)
             verbosity = int(self.config.option.verbose)
+            from . import describe  # rich and the renderers: loaded on the first failure
+
             failure = describe.build_failure(
                 result, peaks, blame=blame, width=width, verbosity=verbosity
             )

@@ -17,7 +17,6 @@ import pytest
 
 from memdiag.check.peaks import PeakViolation
 from memdiag.report.session import junit_properties, session_entry
-from memdiag.report.summary import held_by, signature
 from memdiag.values.result import CheckResult
 
 from .failure import SECTION, LeakFailure, LeakRepr
@@ -74,6 +73,9 @@ def attach_payload(
         )
         return []
     leaked = result is not None and result.leaked
+    # The summary's words load rich: only a failing check needs them.
+    from memdiag.report.summary import held_by, signature
+
     top = max(result.leaks, key=lambda f: f.nbytes) if result is not None and leaked else None
     entry = session_entry(
         result,
