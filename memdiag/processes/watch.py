@@ -288,10 +288,26 @@ def _since(record: ProcessRecord, last_phase: str) -> str:
     return f"started after phase '{last_phase}'" if last_phase else "started during tracking"
 
 
+def _worker_finding(
+    record: ProcessRecord, held: Mapping[str, int], what: str, *, leak: bool, advice: str = ""
+) -> Finding:
+    """A ``WORKER`` finding on the device where ``record`` holds most (``cpu`` when it
+    holds nothing); ``what`` follows the process' description."""
+    total = sum(held.values())
+    return Finding(
+        kind=FindingKind.WORKER,
+        device=max(held, key=lambda d: held[d]) if held else "cpu",
+        nbytes=total,
+        is_leak=leak,
+        message=f"{record.describe()} {what}",
+        advice=advice,
+        processes=(ProcessUsage(record.pid, total, record.cmdline[:80]),) if held else (),
+    )
+
+
 def _alive_finding(
     record: ProcessRecord, held: Mapping[str, int], per_pid_known: bool, last_phase: str
 ) -> Finding:
-    total = sum(held.values())
     if held:
         holds = f" and holds {_on(held)}"
     elif per_pid_known:
@@ -299,53 +315,36 @@ def _alive_finding(
     else:
         rss = _rss(record.pid)
         holds = f" (resident memory {format_bytes(rss)})" if rss is not None else ""
-    device = max(held, key=lambda d: held[d]) if held else "cpu"
-    return Finding(
-        kind=FindingKind.WORKER,
-        device=device,
-        nbytes=total,
-        is_leak=True,
-        message=(
-            f"{record.describe()} {_since(record, last_phase)} is still alive after shutdown{holds}"
-        ),
+    return _worker_finding(
+        record,
+        held,
+        f"{_since(record, last_phase)} is still alive after shutdown{holds}",
+        leak=True,
         advice=(
             "stop and join worker processes in shutdown (process.join(), pool.close() and "
             "pool.join(), executor.shutdown()); run them under memdiag.agent to see their heap"
         ),
-        processes=(ProcessUsage(record.pid, total, record.cmdline[:80]),) if held else (),
     )
 
 
 def _exit_finding(record: ProcessRecord, gone: _Exit) -> Finding:
-    total = sum(gone.held.values())
-    device = max(gone.held, key=lambda d: gone.held[d])
-    usage = (ProcessUsage(record.pid, total, record.cmdline[:80]),)
     if gone.released is not None:
         delay = gone.released - gone.seen_dead
-        return Finding(
-            kind=FindingKind.WORKER,
-            device=device,
-            nbytes=total,
-            is_leak=False,
-            message=(
-                f"{record.describe()} exited, but its memory ({_on(gone.held)}) was released "
-                f"only after {delay:.1f} s (the driver releases it lazily; counted against "
-                "the settle time)"
-            ),
-            processes=usage,
+        return _worker_finding(
+            record,
+            gone.held,
+            f"exited, but its memory ({_on(gone.held)}) was released only after "
+            f"{delay:.1f} s (the driver releases it lazily; counted against the settle time)",
+            leak=False,
         )
     waited = time.monotonic() - gone.seen_dead
-    return Finding(
-        kind=FindingKind.WORKER,
-        device=device,
-        nbytes=total,
-        is_leak=True,
-        message=(
-            f"{record.describe()} exited, but {_on(gone.held)} is still charged to it "
-            f"{waited:.1f} s after its exit was seen"
-        ),
+    return _worker_finding(
+        record,
+        gone.held,
+        f"exited, but {_on(gone.held)} is still charged to it {waited:.1f} s after its "
+        "exit was seen",
+        leak=True,
         advice="raise --settle if the driver releases memory lazily (ROCm: ~10 s)",
-        processes=usage,
     )
 
 
