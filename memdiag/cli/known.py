@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich import box
 from rich.table import Table
 
 from memdiag.cli.errors import EXIT_OK, CliError
 from memdiag.cli.report import RunReport, read_any
-from memdiag.report.console import plain_console
+from memdiag.report.console import plain_console, report_table
 from memdiag.report.known import (
     KnownLeaks,
     KnownLeaksError,
@@ -45,7 +44,7 @@ def _leaks_of(path: str) -> list[LeakRecord]:
 
 
 def _table(known: KnownLeaks) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table = report_table()
     for column in ("test", "class", "device", "bytes", "held by"):
         table.add_column(column, justify="right" if column == "bytes" else "left")
     for leak in known.leaks:

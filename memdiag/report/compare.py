@@ -7,17 +7,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TextIO
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from memdiag.report.console import plain_console
+from memdiag.report.console import plain_console, report_table
 from memdiag.report.facts import leaked_bytes, peak_bytes
 from memdiag.values.result import CheckResult
 from memdiag.values.units import format_bytes, plural
 
-__all__ = ["Comparison", "DeviceComparison", "compare"]
+__all__ = ["COLUMNS", "Comparison", "DeviceComparison", "compare"]
+
+COLUMNS = ("device", "base leaked", "head leaked", "change", "base peak", "head peak", "change")
+"""The columns of a comparison's table, in every format; :meth:`DeviceComparison.cells`
+fills them."""
+
+
+def _size(value: int | None, *, signed: bool = False) -> str:
+    return "-" if value is None else format_bytes(value, signed=signed)
 
 
 @dataclass(frozen=True)
@@ -58,21 +65,31 @@ class DeviceComparison:
     def reasons(self) -> list[str]:
         """Why the head run is worse on this device, with the numbers; empty if it is not."""
         out = []
-        grown = self.leaked_change
-        if grown is not None and grown > self.tolerance:
-            out.append(
-                f"{self.device}: head leaks {format_bytes(grown)} more than base "
-                f"({format_bytes(self.base_leaked or 0)} -> {format_bytes(self.head_leaked or 0)}, "
-                f"tolerance {format_bytes(self.tolerance)})"
-            )
-        higher = self.peak_change
-        if higher is not None and higher > self.peak_allowance:
-            out.append(
-                f"{self.device}: head peaks {format_bytes(higher)} higher than base "
-                f"({format_bytes(self.base_peak or 0)} -> {format_bytes(self.head_peak or 0)}, "
-                f"tolerance {format_bytes(self.peak_allowance)})"
-            )
+        leaks = (self.leaked_change, self.base_leaked, self.head_leaked, self.tolerance)
+        peaks = (self.peak_change, self.base_peak, self.head_peak, self.peak_allowance)
+        for what, (change, base, head, allowed) in (
+            ("leaks {} more", leaks),
+            ("peaks {} higher", peaks),
+        ):
+            if change is not None and change > allowed:
+                out.append(
+                    f"{self.device}: head {what.format(format_bytes(change))} than base "
+                    f"({format_bytes(base or 0)} -> {format_bytes(head or 0)}, "
+                    f"tolerance {format_bytes(allowed)})"
+                )
         return out
+
+    def cells(self) -> tuple[str, ...]:
+        """This device's row under :data:`COLUMNS` (``-`` where a run has no value)."""
+        return (
+            self.device,
+            _size(self.base_leaked),
+            _size(self.head_leaked),
+            _size(self.leaked_change, signed=True),
+            _size(self.base_peak),
+            _size(self.head_peak),
+            _size(self.peak_change, signed=True),
+        )
 
 
 @dataclass(frozen=True)
@@ -88,33 +105,20 @@ class Comparison:
     def reasons(self) -> list[str]:
         return [reason for d in self.devices for reason in d.reasons()]
 
+    def verdict(self) -> str:
+        """``FAIL: head is worse than base on N devices``, or ``OK: ...not worse...``."""
+        if self.worse:
+            count = sum(1 for d in self.devices if d.reasons())
+            return f"FAIL: head is worse than base on {plural(count, 'device')}"
+        return f"OK: head is not worse than base on {plural(len(self.devices), 'device')}"
+
     def table(self) -> Table:
-        table = Table(
-            title=f"base vs head (tolerance {format_bytes(self.tolerance)})",
-            title_justify="left",
-            title_style="bold",
-            box=box.SIMPLE_HEAD,
-            show_edge=False,
-            pad_edge=False,
-        )
-        table.add_column("device")
-        for column in ("base leaked", "head leaked", "change", "base peak", "head peak", "change"):
+        table = report_table(f"base vs head (tolerance {format_bytes(self.tolerance)})")
+        table.add_column(COLUMNS[0])
+        for column in COLUMNS[1:]:
             table.add_column(column, justify="right", no_wrap=True)
-
-        def b(value: int | None, *, signed: bool = False) -> str:
-            return "-" if value is None else format_bytes(value, signed=signed)
-
         for d in self.devices:
-            table.add_row(
-                d.device,
-                b(d.base_leaked),
-                b(d.head_leaked),
-                b(d.leaked_change, signed=True),
-                b(d.base_peak),
-                b(d.head_peak),
-                b(d.peak_change, signed=True),
-                style="red" if d.reasons() else None,
-            )
+            table.add_row(*d.cells(), style="red" if d.reasons() else None)
         return table
 
     def render_to(self, console: Console) -> None:
@@ -124,20 +128,10 @@ class Comparison:
         for reason in self.reasons():
             console.print(Text(f"worse: {reason}", style="red"))
         if self.worse:
-            count = sum(1 for d in self.devices if d.reasons())
-            console.print(
-                Text(
-                    f"FAIL: head is worse than base on {plural(count, 'device')}", style="bold red"
-                )
-            )
+            console.print(Text(self.verdict(), style="bold red"))
         else:
-            console.print(
-                Text(
-                    f"OK: head is not worse than base on {plural(len(self.devices), 'device')} "
-                    f"(tolerance {format_bytes(self.tolerance)})",
-                    style="bold green",
-                )
-            )
+            tolerance = f" (tolerance {format_bytes(self.tolerance)})"
+            console.print(Text(self.verdict() + tolerance, style="bold green"))
 
     def render(self, file: TextIO) -> None:
         self.render_to(plain_console(file))

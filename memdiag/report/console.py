@@ -6,7 +6,8 @@ names, a report someone edited by hand.  A console that parses ``[...]`` as mark
 or ``:name:`` as emoji would raise ``MarkupError`` on ``[/]`` or silently eat
 ``[rocm]``, so every console memdiag prints through is made here with both off;
 styles come from :class:`rich.text.Text` objects only.  Lines written to a file or
-a pipe lose the padding rich adds to fill the width.
+a pipe lose the padding rich adds to fill the width.  :func:`report_table` is the
+one table style of every report.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any, cast
 
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
-__all__ = ["TrailingSpaceStripper", "encodable", "plain_console"]
+__all__ = ["TrailingSpaceStripper", "encodable", "plain_console", "report_table"]
 
 _UNSAFE_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -112,3 +115,16 @@ def plain_console(file: IO[str] | None = None, *, stderr: bool = False, **option
     if not _is_tty(file):
         file = cast(IO[str], TrailingSpaceStripper(file))
     return Console(file=file, markup=False, emoji=False, **options)
+
+
+def report_table(title: str | None = None) -> Table:
+    """A table in the style of every memdiag report: a rule under the header, no outer
+    edge or padding, the title (if any) bold and on the left."""
+    return Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )

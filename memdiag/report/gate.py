@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TextIO
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from memdiag.report.console import report_table
 from memdiag.report.known import KnownLeaks, LeakRecord
 from memdiag.report.session import DeviceNumbers, SessionReport, TestEntry
 from memdiag.values.units import format_bytes, plural
@@ -170,14 +170,7 @@ class GateResult:
         )
 
     def table(self, *, limit: int | None = None) -> Table:
-        table = Table(
-            title=f"base vs head, per test ({self.tolerances()})",
-            title_justify="left",
-            title_style="bold",
-            box=box.SIMPLE_HEAD,
-            show_edge=False,
-            pad_edge=False,
-        )
+        table = report_table(f"base vs head, per test ({self.tolerances()})")
         table.add_column("change")
         table.add_column("test", overflow="fold")
         table.add_column("device")

@@ -13,12 +13,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from memdiag.report.compare import Comparison
+from memdiag.report.compare import COLUMNS, Comparison
 from memdiag.report.gate import Change, GateResult, TestChange
 from memdiag.report.session import SessionReport
 from memdiag.values.holders import held_text
 from memdiag.values.result import CheckResult
-from memdiag.values.units import format_bytes, plural
+from memdiag.values.units import format_bytes
 
 __all__ = [
     "MAX_ROWS",
@@ -106,34 +106,9 @@ def gate_markdown(result: GateResult, *, title: str = "memdiag: memory gate") ->
 def comparison_markdown(comparison: Comparison, *, title: str = "memdiag: memory gate") -> str:
     """Two ``memdiag run`` reports, per device."""
     icon = ":x:" if comparison.worse else ":white_check_mark:"
-    verdict = (
-        "FAIL: head is worse than base on "
-        + plural(sum(1 for d in comparison.devices if d.reasons()), "device")
-        if comparison.worse
-        else f"OK: head is not worse than base on {plural(len(comparison.devices), 'device')}"
-    )
-    lines = [f"### {title}", "", f"{icon} **{verdict}**", ""]
-    header = [
-        "device",
-        "base leaked ",
-        "head leaked ",
-        "change ",
-        "base peak ",
-        "head peak ",
-        "change ",
-    ]
-    rows = [
-        [
-            d.device,
-            _size(d.base_leaked),
-            _size(d.head_leaked),
-            _size(d.leaked_change, signed=True),
-            _size(d.base_peak),
-            _size(d.head_peak),
-            _size(d.peak_change, signed=True),
-        ]
-        for d in comparison.devices
-    ]
+    lines = [f"### {title}", "", f"{icon} **{comparison.verdict()}**", ""]
+    header = [COLUMNS[0], *(f"{column} " for column in COLUMNS[1:])]  # numbers right-aligned
+    rows = [d.cells() for d in comparison.devices]
     lines += [*_table(header, rows), ""]
     lines += [f"- {reason}" for reason in comparison.reasons()]
     lines += [f"- note: {note}" for note in comparison.notes]

@@ -3,11 +3,11 @@ leaking tests, known leaks, tests over their peak budget, the highest peaks."""
 
 from __future__ import annotations
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from memdiag.report.console import report_table
 from memdiag.report.facts import limit_for
 from memdiag.report.session import SessionReport, TestEntry
 from memdiag.report.summary import finding_lines
@@ -17,14 +17,7 @@ __all__ = ["render_session"]
 
 
 def _table(title: str, *columns: str) -> Table:
-    table = Table(
-        title=title,
-        title_justify="left",
-        title_style="bold",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-    )
+    table = report_table(title)
     for column in columns:
         table.add_column(column, justify="right" if column in ("leaked", "peak") else "left")
     return table

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.padding import Padding
-from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from memdiag.report.advice import advice_for, advice_for_group
-from memdiag.report.console import plain_console
+from memdiag.report.console import plain_console, report_table
 from memdiag.report.facts import (
     Point,
     device_points,
@@ -64,11 +62,7 @@ def phase_table(result: CheckResult, device: str) -> Group:
     check = next(d for d in result.devices if d.device == device)
     points = device_points(result, device)
     title = Text(f"{device}: memory by phase ({_tolerances(check, points)})", style="bold")
-    table = Table(
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        pad_edge=False,
-    )
+    table = report_table()
     table.add_column("phase", overflow="fold")
     values = [(p.allocated, p.reserved, p.driver_used, p.process_used) for p in points]
     shown = [i for i in range(len(_COLUMNS)) if i == 0 or any(v[i] is not None for v in values)]
