@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any, NoReturn
 
-from memdiag.cli.errors import EXIT_INTERNAL, EXIT_USAGE, CliError
+from memdiag.cli import compare, devices, known, merge, report, run
+from memdiag.cli.errors import EXIT_INTERNAL, EXIT_USAGE, CliError, internal_error, say
+from memdiag.cli.stdio import OriginalStdio, quiet_exit_streams
 
 __all__ = ["main", "version"]
-
-DEBUG_ENV = "MEMDIAG_DEBUG"
-"""Set (to anything but ``0``) to see the traceback of memdiag's own errors."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,8 +25,6 @@ class Parser(argparse.ArgumentParser):
 
 def version() -> str:
     """The installed distribution's version (the package's own when not installed)."""
-    from importlib import metadata
-
     try:
         return metadata.version("memdiag")
     except metadata.PackageNotFoundError:  # run from a source tree: the package's own
@@ -35,8 +32,6 @@ def version() -> str:
 
 
 def _parser() -> tuple[Parser, dict[str, Any]]:
-    from memdiag.cli import compare, devices, known, merge, report, run
-
     parser = Parser(
         prog="memdiag",
         description="Find GPU memory that does not come back, and say who holds it.",
@@ -78,14 +73,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def debugging() -> bool:
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit codes: 0 clean, 1 leak, 2 usage error, 3 script failed, 4 internal error."""
-    from memdiag.cli.stdio import OriginalStdio, quiet_exit_streams
-
     stdio = OriginalStdio()
     try:
         return _main(list(sys.argv[1:] if argv is None else argv), stdio)
@@ -99,7 +88,7 @@ def _main(argv: list[str], stdio: Any) -> int:
     try:
         args = _parse(argv)
     except CliError as exc:
-        _say(stdio, f"memdiag: {exc}")
+        say(stdio, f"memdiag: {exc}")
         return exc.exit_code
     except SystemExit as exc:  # argparse: --help and --version are 0
         return 0 if exc.code in (0, None) else EXIT_USAGE
@@ -107,43 +96,14 @@ def _main(argv: list[str], stdio: Any) -> int:
     try:
         return int(args.handler(args))
     except CliError as exc:
-        _say(stdio, f"memdiag: {exc}")
+        say(stdio, f"memdiag: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _say(stdio, "memdiag: interrupted")
+        say(stdio, "memdiag: interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001 - our own bug: say so, never exit 1 (that means leak)
         internal_error(stdio, exc)
         return EXIT_INTERNAL
-
-
-def internal_error(stdio: Any, exc: BaseException) -> None:
-    """One line on memdiag's own failure; the traceback only with ``MEMDIAG_DEBUG=1``."""
-    import traceback
-
-    try:
-        what = f"{type(exc).__name__}: {exc}"
-    except Exception:  # noqa: BLE001 - a hostile __str__ reached us
-        what = type(exc).__name__
-    if debugging():
-        _say(stdio, "".join(traceback.format_exception(exc)).rstrip("\n"))
-        hint = ""
-    else:
-        hint = f"; {DEBUG_ENV}=1 shows the traceback"
-    _say(
-        stdio,
-        f"memdiag: internal error (a bug in memdiag, not in your program; please report "
-        f"it{hint}): {what}",
-    )
-
-
-def _say(stdio: Any, line: str) -> None:
-    try:
-        stream = stdio.stderr()
-        stream.write(line + "\n")
-        stream.flush()
-    except (OSError, ValueError):
-        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

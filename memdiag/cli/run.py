@@ -17,7 +17,15 @@ from rich.console import Console
 from memdiag.backends.registry import UsageError
 from memdiag.check.signals import deferred_signals
 from memdiag.check.tracker import Tracker
-from memdiag.cli.errors import EXIT_INTERNAL, EXIT_LEAK, EXIT_OK, EXIT_SCRIPT_FAILED, CliError
+from memdiag.cli.errors import (
+    EXIT_INTERNAL,
+    EXIT_LEAK,
+    EXIT_OK,
+    EXIT_SCRIPT_FAILED,
+    CliError,
+    internal_error,
+    say,
+)
 from memdiag.cli.known import read_known
 from memdiag.cli.options import (
     add_check_options,
@@ -184,8 +192,6 @@ class _Session:
 
     def on_os_exit(self, code: int, where: str) -> int:
         """The program called ``os._exit``: check now, before the process is gone."""
-        from memdiag.cli import _say, internal_error
-
         failure = f"the script called os._exit({code})" if code else None
         notice = (
             f"the script called os._exit({code}) at {where}: the process ends there, "
@@ -200,7 +206,7 @@ class _Session:
                 self.tracker.close()
             return self.report(result, code, failure, notices=(notice,))
         except CliError as exc:
-            _say(self.stdio, f"memdiag: {exc}")
+            say(self.stdio, f"memdiag: {exc}")
             return exc.exit_code
         except Exception as exc:  # noqa: BLE001 - the process ends right after this
             internal_error(self.stdio, exc)
@@ -209,15 +215,13 @@ class _Session:
     def _check(self) -> CheckResult:
         gc.collect()
         message = f"memdiag: checking device memory (settle up to {self.args.settle:g} s)"
-        from memdiag.cli import _say
-
         # The program has ended: a signal its handlers would raise on (an alarm it set)
         # must not interrupt the check; it is held and reported, not delivered.
         with deferred_signals(redeliver=False) as held:
             with status(message, stream=self.stdio.stderr()):
                 result = self.tracker.check()
         for signum in held:
-            _say(
+            say(
                 self.stdio,
                 f"memdiag: {signal.Signals(signum).name} arrived after the script ended, "
                 "during the check; the script's handler was not run",

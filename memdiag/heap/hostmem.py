@@ -30,6 +30,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from memdiag.values.units import format_bytes
+
 __all__ = ["HostCounters", "host_counters", "host_ram_total", "moved"]
 
 
@@ -123,8 +125,6 @@ def moved(before: HostCounters, after: HostCounters, slack: int) -> str | None:
     Both directions count: a fall by more than ``slack`` means memory that existed at
     ``before`` was freed, and new tensors of up to that size could hide behind it.
     """
-    from memdiag.values.units import format_bytes
-
     for name, label in (
         ("malloc_in_use", "malloc'd bytes in use"),
         ("mapped_other", "memory mapped outside malloc"),

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from memdiag.heap.census import _storage_of
 from memdiag.heap.hidden import find_hidden, with_hidden
 from memdiag.heap.introspect import subclasses
 from memdiag.heap.view import HeapView, call_with_full_heap
@@ -45,8 +46,6 @@ def _holder_types(torch: Any) -> list[type]:
 
 
 def _storage_key(torch: Any) -> Callable[[object], int | None]:
-    from memdiag.heap.census import _storage_of
-
     storage_type = torch.UntypedStorage
     disable = torch._C.DisableTorchFunctionSubclass
 

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from memdiag.heap.alloc_stacks import sites_for
 from memdiag.retainers.analysis import analyze
 from memdiag.values.findings import Finding
 from memdiag.values.retainers import blame_order
@@ -26,8 +27,6 @@ def attach_retainers(
     notices: list[str] = []
     alloc_sites: dict[int, str] | None = None
     if record_alloc_stacks:
-        from memdiag.heap.alloc_stacks import sites_for
-
         alloc_sites, site_notices = sites_for(findings)
         notices.extend(site_notices)
     try:

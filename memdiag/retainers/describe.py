@@ -17,6 +17,7 @@ import types
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from memdiag.heap.census import _storage_bytes, _storage_of
 from memdiag.heap.introspect import instance_dict
 from memdiag.values.units import format_bytes
 
@@ -421,8 +422,6 @@ def tensor_info(obj: Any) -> TensorInfo:
             if obj.layout == torch.strided:
                 own = int(obj.numel()) * int(obj.element_size())
             else:  # sparse: its values and indices, not a dense view
-                from memdiag.heap.census import _storage_bytes, _storage_of
-
                 own = _storage_bytes(obj, _storage_of(obj))
             return TensorInfo(kind, str(obj.device), dtype, shape, own)
     except Exception:  # noqa: BLE001 - fake, meta or broken subclasses

@@ -113,8 +113,7 @@ class OutsideRoot:
 class _Probe:
     """Equal to nothing; remembers what it was compared with."""
 
-    __slots__ = ("seen",)
-    __hash__ = None  # type: ignore[assignment]
+    __slots__ = ("seen",)  # __eq__ without __hash__: Python makes it unhashable
 
     def __init__(self) -> None:
         self.seen: list[int] = []
