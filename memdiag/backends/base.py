@@ -38,6 +38,10 @@ class Backend(Protocol):
     broken library makes the backend unavailable with a reason.  ``devices`` lists the
     device names it reads (``cuda:0``, ``cpu``...), in torch's numbering where the
     device is a torch accelerator.  ``read`` is the cheap path: counters only.
+
+    Optional, looked up with ``getattr``: ``unchanged(device, reading) -> bool``, True
+    when what ``read`` would return now equals ``reading`` (a later baseline then takes
+    the earlier reading instead of reading again); ``pools(device)`` (the torch backend).
     """
 
     name: str

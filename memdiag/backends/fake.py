@@ -119,6 +119,28 @@ class FakeBackend:
             extra=dict(state.extra),
         )
 
+    def unchanged(self, device: str, reading: DeviceReading) -> bool:
+        """What :meth:`read` would give now equals ``reading`` (its time aside)."""
+        state = self._devices.get(device)
+        if state is None:
+            return False
+        self._apply_pending(state)
+        return (
+            state.allocated,
+            state.reserved,
+            state.driver_used,
+            state.process_used,
+            state.processes,
+            dict(state.extra),
+        ) == (
+            reading.allocated,
+            reading.reserved,
+            reading.driver_used,
+            reading.process_used,
+            reading.processes,
+            {k: v for k, v in reading.extra.items() if k != "pools"},
+        )
+
     def set_pool(self, device: str, pool: tuple[int, int], reserved: int, allocated: int) -> None:
         """Script a private pool (CUDA graph, MemPool) of ``reserved`` bytes; ``0`` drops it."""
         pools = self._devices[device].private_pools

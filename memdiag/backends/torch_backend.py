@@ -197,6 +197,36 @@ class TorchBackend:
             extra={"initialized": True},
         )
 
+    def unchanged(self, device: str, reading: DeviceReading) -> bool:
+        """The allocator's counters for ``device`` equal ``reading``'s (bytes allocated,
+        reserved and active; for ``host-pinned``, bytes in use and owned): one C call,
+        without building a reading."""
+        if not self.initialized():
+            return reading.extra.get("initialized") is False
+        if reading.extra.get("initialized") is False:
+            return False
+        if device == HOST_PINNED:
+            if self._kind != "cuda" or not self._pinned_active:
+                return False
+            stats = self._host_stats()
+            owned, active = stats.get("allocated_bytes"), stats.get("active_bytes")
+            return (
+                owned is not None
+                and active is not None
+                and active[0] == reading.allocated
+                and owned[0] == reading.reserved
+            )
+        raw = getattr(getattr(sys.modules.get("torch"), "_C", None), "_cuda_memoryStats", None)
+        if self._kind != "cuda" or not callable(raw):
+            return False
+        index = self._index(device)
+        nested = raw(index)
+        key = _pools_key_of(nested)
+        if key is None:
+            return False
+        self._read_key[index] = key
+        return (key[4], key[2], key[3]) == (reading.allocated, reading.reserved, reading.active)
+
     def _host_stats(self) -> dict[str, tuple[int, int]]:
         """``name -> (current, peak)`` of the pinned-memory allocator's byte counters,
         from the nested C++ dict where torch has it (``host_memory_stats`` flattens it

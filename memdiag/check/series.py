@@ -48,10 +48,14 @@ class CheckSeries:
         self.ledger = StorageLedger()
         self._stale = True
         self._at_refresh: dict[str, DeviceReading] = {}
+        self._previous: dict[str, DeviceReading] | None = None
+        """The last check's final readings when it passed on counters alone: the next
+        baseline takes them where the counters have not moved since."""
 
     def mark_stale(self) -> None:
         """Memory was allocated outside the series' checks: refresh before the next baseline."""
         self._stale = True
+        self._previous = None
 
     def start(
         self,
@@ -75,7 +79,8 @@ class CheckSeries:
             cpu = "cpu" in self.selection.devices
             if refreshed and cpu:  # the CPU gate sizes its baseline from the ledger
                 self.ledger.refresh()
-            tracker.start()
+            previous, self._previous = self._previous, None
+            tracker.start(previous=None if refreshed else previous)
             if refreshed and not cpu:
                 if _nothing_allocated(tracker.baseline):
                     # No storage lives on the checked devices: an empty ledger is
@@ -110,6 +115,8 @@ class CheckSeries:
         if result.leaked:
             self._stale = True
             return result
+        if result.cheap and not result.phases:
+            self._previous = {check.device: check.final for check in result.devices}
         if walked is not None:
             # The gate tripped and the check walked the heap anyway: that walk is the
             # refresh the moved counters call for (no second walk at the next start).
@@ -134,6 +141,7 @@ class CheckSeries:
         self.ledger.clear()
         self._at_refresh = {}
         self._stale = True
+        self._previous = None
 
 
 def _nothing_allocated(readings: Mapping[str, DeviceReading]) -> bool:

@@ -206,12 +206,16 @@ class Tracker:
             if not self._spending:
                 self.spent_s += time.perf_counter() - t0
 
-    def start(self) -> Tracker:
-        """Take the baseline and become the active tracker."""
-        with self.spending():
-            return self._start()
+    def start(self, *, previous: Mapping[str, DeviceReading] | None = None) -> Tracker:
+        """Take the baseline and become the active tracker.
 
-    def _start(self) -> Tracker:
+        ``previous``: readings of every device taken earlier (the last check of a
+        series): where each backend vouches that its counters still equal them
+        (``unchanged``), they are the baseline and no device is read again."""
+        with self.spending():
+            return self._start(previous)
+
+    def _start(self, previous: Mapping[str, DeviceReading] | None = None) -> Tracker:
         if self._started:
             raise RuntimeError("this tracker has already started")
         spec = self._device_spec
@@ -237,7 +241,10 @@ class Tracker:
         if counters is not None:
             self._gate_base = counters
             self._gate_deaths = ledger_deaths()
-        self.baseline = self._with_pools(self._read(gated=True, baseline=True), always=True)
+        reused = self._unchanged(previous) if previous is not None and not self.gated else None
+        self.baseline = self._with_pools(
+            reused or self._read(gated=True, baseline=True), always=True
+        )
         self._tree_pids = self._tree_for(self.baseline)
         if self._procs is not None:
             self._procs.start(self.baseline)
@@ -327,6 +334,27 @@ class Tracker:
                     continue
                 merged = reading if merged is None else merged.merged(reading)
             readings[device] = merged or DeviceReading(device=device, time=_monotonic())
+        return readings
+
+    def _unchanged(self, previous: Mapping[str, DeviceReading]) -> dict[str, DeviceReading] | None:
+        """``previous`` (with the time of now) where every backend of every device
+        says its counters did not move since, else ``None``."""
+        assert self.selection is not None
+        now = _monotonic()
+        readings: dict[str, DeviceReading] = {}
+        for device in self.selection.devices:
+            reading = previous.get(device)
+            readers = self.selection.readers(device)
+            if reading is None or not readers:
+                return None
+            for backend in readers:
+                same = getattr(backend, "unchanged", None)
+                try:
+                    if not callable(same) or not same(device, reading):
+                        return None
+                except Exception:  # noqa: BLE001 - a fresh reading says what is wrong
+                    return None
+            readings[device] = dataclasses.replace(reading, time=now)
         return readings
 
     @property

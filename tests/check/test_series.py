@@ -105,3 +105,44 @@ def test_peak_budget_names_the_phase_over_it() -> None:
         "cuda:0: peak in phase 'resize' was 48.0 MiB over baseline, above the max_peak "
         "budget of 32.0 MiB"
     )
+
+
+def test_a_baseline_takes_the_last_passing_check_where_no_counter_moved() -> None:
+    fake = FakeBackend(["cuda:0"])
+    series = CheckSeries(Selection((fake,), fake.devices()))
+    tolerance = {"*": Tolerance(bytes=MiB)}
+
+    def one(*, leak: int = 0, between: int = 0) -> tuple[bool, int]:
+        fake.allocate("cuda:0", between)  # what runs between two checks
+        reads = fake.reads
+        tracker = series.start(tolerance=tolerance, settle=0, name="t")
+        baseline_reads = fake.reads - reads
+        fake.allocate("cuda:0", leak)
+        leaked = series.check(tracker).leaked
+        tracker.close()
+        return leaked, baseline_reads
+
+    assert one() == (False, 1)  # the first baseline reads the device
+    assert one() == (False, 0)  # nothing moved: the last check's reading is the baseline
+    assert one(leak=8 * MiB) == (True, 0)  # a leak is still a leak
+    assert one() == (False, 1)  # after a leak the baseline is read again
+    assert one() == (False, 0)
+    assert one(between=MiB // 4) == (False, 1)  # something moved in between: read again
+    assert one() == (False, 0)
+    series.mark_stale()  # e.g. a wider fixture was set up
+    assert one() == (False, 1)
+
+
+def test_a_reused_baseline_is_a_true_baseline_for_the_next_leak() -> None:
+    fake = FakeBackend(["cuda:0"])
+    series = CheckSeries(Selection((fake,), fake.devices()))
+    tolerance = {"*": Tolerance(bytes=MiB)}
+    for nbytes in (0, 0, 4 * MiB):
+        tracker = series.start(tolerance=tolerance, settle=0, name="t")
+        fake.allocate("cuda:0", nbytes)
+        result = series.check(tracker)
+        tracker.close()
+    assert result.leaked
+    (check,) = result.devices
+    assert check.final.allocated - check.baseline.allocated == 4 * MiB
+    assert sum(f.nbytes for f in result.leaks) == 4 * MiB
