@@ -312,3 +312,27 @@ def test_an_option_without_the_check_is_a_warning(pytester: pytest.Pytester) -> 
     result = pytester.runpytest("--gpu-leak-settle=3", "--gpu-leak-device=fake")
     result.assert_outcomes(passed=1)
     assert "MemdiagWarning" not in result.stdout.str()
+
+
+def test_marker_settle_nan_and_inf_are_rejected(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.gpu_leak_check(settle=float("nan"))
+        def test_nan():
+            pass
+
+        @pytest.mark.gpu_leak_check(settle=float("inf"))
+        def test_inf():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--gpu-leak-check", "-p", "no:cacheprovider")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*settle=nan*not a number of seconds*"])
+    result.stdout.fnmatch_lines(["*settle=inf*not a number of seconds*"])
+    pytester.makeini("[pytest]\ngpu_leak_settle = inf\n")
+    result = pytester.runpytest_subprocess("--gpu-leak-check", "-p", "no:cacheprovider")
+    assert result.ret == 4  # pytest.UsageError
+    result.stderr.fnmatch_lines(["*inf* is not a number of seconds*"])

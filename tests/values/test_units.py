@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from memdiag.values.units import Tolerance, format_bytes, parse_size, parse_tolerance
+from memdiag.values.units import Tolerance, format_bytes, parse_size, parse_tolerance, plural
 
 
 @pytest.mark.parametrize(
@@ -67,3 +67,16 @@ def test_tolerance_lists_per_device() -> None:
     with pytest.raises(ValueError, match=r"'cuda:1=lots': .*accepted: SIZE, PCT% or DEVICE=SIZE"):
         parse_tolerances(["cuda:1=lots"])
     assert parse_tolerance(4096) == Tolerance(bytes=4096)  # an int is bytes (marker arguments)
+
+
+@pytest.mark.parametrize(
+    ("count", "word", "expected"),
+    [
+        (0, "leak", "0 leaks"),
+        (1, "leak", "1 leak"),
+        (1, "storage", "1 storage"),
+        (2, "tensor", "2 tensors"),
+    ],
+)
+def test_counts_agree_with_their_nouns(count: int, word: str, expected: str) -> None:
+    assert plural(count, word) == expected
