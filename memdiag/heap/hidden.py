@@ -60,6 +60,11 @@ class HiddenRefs:
     tensors: list[object] = field(default_factory=list)
     named: set[int] = field(default_factory=set)
     """Ids of objects a chain shows by their type's name (autograd nodes, C++ modules)."""
+    holders: list[object] = field(default_factory=list)
+    """Objects of the listing whose type is one of ``find_hidden``'s ``holder_types``,
+    in listing order (picked in the same pass that finds the tensors)."""
+    tracked_arrays: bool = False
+    """Whether the listing holds objects exposing an array interface (CuPy, Numba...)."""
     _known: set[int] = field(default_factory=set)
 
     def __bool__(self) -> bool:
@@ -91,6 +96,14 @@ class HiddenRefs:
                     refs.extend(child for _, child in extra)
         return refs
 
+    def reached_ids(self) -> set[int]:
+        """Ids of every object on a hidden edge or kept here: references to them are not
+        all visible to ``gc`` (C++ holds them)."""
+        ids = set(self._known)
+        for pairs in self.edges.values():
+            ids.update(id(child) for _, child in pairs)
+        return ids
+
     def label(self, parent: object, child: object) -> str | None:
         for label, target in self.edges.get(id(parent), ()):
             if target is child:
@@ -100,6 +113,7 @@ class HiddenRefs:
     def clear(self) -> None:
         self.edges.clear()
         self.added.clear()
+        self.holders.clear()
         self.tensors.clear()
         self.named.clear()
         self._known.clear()
@@ -142,21 +156,30 @@ class _Finder:
         return kind
 
     # -- the walk --------------------------------------------------------------------
-    def run(self, objects: Sequence[object], arrays: bool) -> None:
+    def run(self, objects: Sequence[object], arrays: bool, holder_types: Sequence[type]) -> None:
         grads: list[object] = []
         scripts: list[object] = []
         found_arrays: list[object] = []
-        # The distinct types first (C speed, keyed by id: a metaclass' __hash__ is never
-        # called), then only objects of interesting ones.
-        types = dict(zip(map(id, map(type, objects)), map(type, objects), strict=True))
-        wanted = {"tensor", "script", "array"} if arrays else {"tensor", "script"}
-        interesting = {key for key, tp in types.items() if self.kind(tp) in wanted}
-        del types
-        picked = itertools.compress(
-            objects, map(interesting.__contains__, map(id, map(type, objects)))
-        )
-        for obj in picked if interesting else ():
+        holders = self.out.holders
+        # Every class of the process (``type.__subclasses__`` from ``object``: a few
+        # thousand, classified once each and cached), then one pass over the heap picks
+        # the objects of interesting ones by their type's id (C speed: no metaclass
+        # ``__hash__`` is called, no Python-level call per object).
+        kinds = {id(tp): self.kind(tp) for tp in subclasses(object)}
+        wanted = {"tensor", "script", "array"}
+        interesting = {key for key, kind in kinds.items() if kind in wanted}
+        holding = {id(tp) for tp in holder_types}
+        del kinds
+        pick = interesting | holding
+        picked = itertools.compress(objects, map(pick.__contains__, map(id, map(type, objects))))
+        for obj in picked if pick else ():
+            if holding and id(type(obj)) in holding:
+                holders.append(obj)
             kind = self.kind(type(obj))
+            if kind == "array":
+                self.out.tracked_arrays = True
+                if not arrays:
+                    continue
             if kind == "tensor":
                 self.heap_tensors.add(id(obj))
                 if arrays:
@@ -165,7 +188,7 @@ class _Finder:
                     grads.append(obj)
             elif kind == "script":
                 scripts.append(obj)
-            else:
+            elif kind == "array":
                 found_arrays.append(obj)
         for script in scripts:
             self.script_module(script)
@@ -408,18 +431,21 @@ def _data_pointer(array: object) -> int | None:
     return None
 
 
-def find_hidden(objects: Sequence[object], *, arrays: bool = True) -> HiddenRefs:
+def find_hidden(
+    objects: Sequence[object], *, arrays: bool = True, holder_types: Sequence[type] = ()
+) -> HiddenRefs:
     """Hidden references of ``objects`` (the heap listing): see the module docstring.
 
     ``arrays``: also look for arrays viewing storages (an extra pass over the heap's
     referents when numpy is imported); the cheap counters of the CPU backend leave it
-    off, since an array's ``.base`` tensor is on the heap anyway.
+    off, since an array's ``.base`` tensor is on the heap anyway.  ``holder_types``:
+    the same pass also lists the objects of exactly these types (``holders``).
     """
     out = HiddenRefs()
     torch: Any = sys.modules.get("torch")
     if torch is None or not hasattr(torch, "_C"):
         return out
-    _Finder(torch, out).run(objects, arrays)
+    _Finder(torch, out).run(objects, arrays, holder_types)
     return out
 
 

@@ -2,9 +2,11 @@
 
 :func:`analyze_heap` runs the three stages over one :class:`~memdiag.heap.view.HeapView`:
 
-1. :mod:`~memdiag.retainers.scan`: one chunked pass over the heap finds the tensors
-   whose storage is a target and, by a reverse search over the referent ids stored
-   in that pass, every object between them and a root;
+1. :mod:`~memdiag.retainers.scan`: the tensors whose storage is a target are picked
+   by type (with the hidden references, one C-speed pass over the listing), then one
+   chunked pass over the heap's referents finds every object between them and a
+   root; arrays viewing a storage (numpy's are not gc-tracked: one more pass over
+   the referents) are searched only when a holder has a reference nothing explains;
 2. :mod:`~memdiag.retainers.paths`: one path per tensor from its preferred root,
    with the suspect reference marked;
 3. :mod:`~memdiag.retainers.grouping`: findings grouped by retainer, sizes counted
@@ -24,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from memdiag.heap.census import _storage_of
-from memdiag.heap.hidden import find_hidden, with_hidden
+from memdiag.heap.hidden import HiddenRefs, find_hidden, with_hidden
 from memdiag.heap.introspect import subclasses
 from memdiag.heap.view import HeapView, call_with_full_heap
 from memdiag.retainers.describe import is_a
@@ -34,7 +36,7 @@ from memdiag.retainers.model import RetainerReport
 from memdiag.retainers.paths import PathForest
 from memdiag.retainers.pools import owner_types, pool_of
 from memdiag.retainers.roots import RootEnv, ThreadStack, capture_threads, own_frame_ids
-from memdiag.retainers.scan import scan_heap
+from memdiag.retainers.scan import Subgraph, count_references, scan_heap
 from memdiag.values.readings import pool_key
 from memdiag.values.units import format_bytes
 
@@ -95,6 +97,121 @@ def _no_torch_report(targets: Mapping[int, int], heap: int, start: float) -> Ret
         target_storages=len(targets),
         target_bytes=total,
     )
+
+
+class _Search:
+    """The scan over one view, with or without the search for arrays."""
+
+    def __init__(
+        self,
+        view: HeapView,
+        targets: dict[int, int],
+        env: RootEnv,
+        exclude: set[int],
+        holder_types: list[type],
+        key_of: Callable[[object], int | None],
+    ) -> None:
+        self.view = view
+        self.targets = targets
+        self.env = env
+        self.exclude = exclude
+        self.holder_types = holder_types
+        self.key_of = key_of
+        self.torch: Any = sys.modules.get("torch")
+
+    def run(self, *, arrays: bool) -> tuple[Subgraph | None, HiddenRefs]:
+        """The searched region; ``None`` when arrays must be searched and were not."""
+        view = self.view
+        exclude = self.exclude
+        # Storages held from C++ (autograd graphs, TorchScript modules, arrays viewing a
+        # storage) are reached through edges gc.get_referents does not report.  The same
+        # pass over the heap lists the objects that may hold a target.
+        hidden = find_hidden(view.objects, arrays=arrays, holder_types=self.holder_types)
+        exclude.update({id(hidden), id(hidden.added), id(hidden.edges), id(hidden.holders)})
+        if hidden.tracked_arrays and not arrays:
+            return None, hidden
+        objects = with_hidden(view.objects, hidden) if hidden else view.objects
+        exclude.add(id(objects))
+        holders = hidden.holders
+        if hidden:
+            wanted = {id(t) for t in self.holder_types}
+            holders += [o for o in hidden.added if id(type(o)) in wanted]
+        self.listing_refs = 1 if objects is view.objects else 2
+        self.unprovable = hidden.reached_ids() if hidden else set()
+        try:
+            graph = scan_heap(
+                objects,
+                targets=self.targets,
+                holders=holders,
+                key_of=self.key_of,
+                root_of=self.env.classify,
+                exclude=exclude,
+                extra=self.env.extra,
+                referents=hidden.referents if hidden else gc.get_referents,
+                listing_refs=self.listing_refs,
+                unprovable=self.unprovable,
+                held=self.env.held_references,
+            )
+        finally:
+            holders.clear()
+        return graph, hidden
+
+    def arrays_may_hold(self, graph: Subgraph) -> bool:
+        """Whether an array the gc does not see may refer to a holder: numpy is imported
+        and a holder tensor has a reference the search did not record (a numpy view's
+        ``.base``), or a tensor or storage more C++ owners than the Python objects found
+        (an array sharing the memory through DLPack)."""
+        numpy = sys.modules.get("numpy")
+        if not isinstance(getattr(numpy, "ndarray", None), type):
+            return False
+        torch = self.torch
+        storage_type = torch.UntypedStorage
+        tensors: dict[int, int] = {}
+        wanted: set[int] = set()
+        for holder, key in graph.holders.items():
+            if key < 0:
+                continue
+            if holder in self.unprovable:
+                return True
+            tensors.setdefault(key, 0)
+            if not is_a(graph.nodes[holder], storage_type):
+                tensors[key] += 1
+                wanted.add(holder)
+        counts = count_references(graph, wanted, self.env.held_references)
+        own = self.listing_refs + 3  # graph.nodes, ``obj`` below, getrefcount's argument
+        base = torch._C.TensorBase
+        disable = torch._C.DisableTorchFunctionSubclass
+        # Each view holds its base tensor from C++: per storage, the tensors' C++
+        # owners beyond their own Python object must be the views among them.  A tensor
+        # with C++ owners is kept by one more reference to its Python object.
+        owners = dict.fromkeys(tensors, 0)
+        obj: Any = None
+        for holder in wanted:
+            obj = graph.nodes[holder]
+            try:
+                with disable():
+                    uses = int(base._use_count(obj))
+                    view = bool(base._is_view(obj))
+            except Exception:  # noqa: BLE001 - an odd subclass: search
+                return True
+            if sys.getrefcount(obj) - own - (uses > 1) != counts.get(holder, 0):
+                return True
+            owners[graph.holders[holder]] += uses - 1 - view
+        del obj
+        if any(owners.values()):
+            return True
+        use_count = getattr(torch._C, "_storage_Use_Count", None)
+        if use_count is None:
+            return True
+        # A storage's owners: each tensor of it and its one Python storage object (which
+        # the key's lookup made, if the program had not).
+        for key, count in tensors.items():
+            try:
+                if use_count(key) != count + 1:
+                    return True
+            except Exception:  # noqa: BLE001
+                return True
+        return False
 
 
 def analyze_heap(
@@ -170,27 +287,22 @@ def _analyze(
     exclude.update({id(view), id(view.objects), id(caller_targets), id(target_map), id(stacks)})
     exclude.update(id(s) for s in stacks)
     exclude.update(id(s.frames) for s in stacks)
-    # Storages held from C++ (autograd graphs, TorchScript modules, arrays viewing a
-    # storage) are reached through edges gc.get_referents does not report.
-    hidden = find_hidden(view.objects)
-    objects = with_hidden(view.objects, hidden) if hidden else view.objects
-    exclude.update({id(hidden), id(hidden.added), id(hidden.edges), id(objects)})
     holder_types = _holder_types(torch)
     key_of = _storage_key(torch)
     if any(key < 0 for key in target_map):  # private pools: their owners are the holders
         owners = owner_types()
         holder_types += owners
         key_of = _owner_or_storage_key(frozenset(owners), key_of)
-    graph = scan_heap(
-        objects,
-        targets=target_map,
-        holder_types=holder_types,
-        key_of=key_of,
-        root_of=env.classify,
-        exclude=exclude,
-        extra=env.extra,
-        referents=hidden.referents if hidden else gc.get_referents,
-    )
+    search = _Search(view, target_map, env, exclude, holder_types, key_of)
+    # Arrays viewing a storage are found by one more pass over the heap's referents
+    # (numpy arrays are not gc-tracked); it runs only when an array may hold a target.
+    found, hidden = search.run(arrays=False)
+    if found is None or search.arrays_may_hold(found):
+        found = None  # its references to the heap would count as unexplained ones
+        hidden.clear()
+        found, hidden = search.run(arrays=True)
+    graph = found
+    assert graph is not None
     env.bind(graph.children, graph.nodes, graph.roots)
     nn_module = getattr(sys.modules.get("torch.nn.modules.module"), "Module", None)
     forest = PathForest(graph, env, target_map, baseline_ids, nn_module, hidden)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import inspect
 import os
 import sys
 import threading
@@ -162,6 +163,24 @@ class RootEnv:
             exc = self.exception
             found.append((exc, lambda: gc.get_referents(exc)))
         return found
+
+    def held_references(self, obj: object) -> list[object] | None:
+        """For an executing frame, the references it holds that ``gc.get_referents``
+        does not show, each once: its plain local variables (a cell variable's value is
+        held by the cell, and a module frame's by its namespace) and its trace
+        function.  ``None`` for every other object: ``gc.get_referents`` shows them."""
+        found = self.frames.get(id(obj))
+        if found is None:
+            return None
+        frame = found[1]
+        trace = frame.f_trace
+        held: list[object] = [trace] if trace is not None else []
+        code = frame.f_code
+        if not code.co_flags & inspect.CO_OPTIMIZED:
+            return held
+        cells = set(code.co_cellvars) | set(code.co_freevars)
+        held += [value for key, value in frame_locals(frame) if key not in cells]
+        return held
 
     def classify(self, obj: object) -> str | None:
         """The root kind of ``obj``, or ``None`` for an ordinary object."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import time
 import tracemalloc
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     depths = [int(d) for d in args.depths.split(",") if d.strip()]
+    print(f"load average before: {_load()}")
     rows = [_measure(depth) for depth in depths]
     print(
         f"{'depth':>8} {'heap':>9} {'bare s':>7} {'analysis s':>10} {'x bare':>7} "
@@ -167,7 +169,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.objgraph_budget:.0f} s (over {args.objgraph_budget / first['analysis_s']:.0f}x "
             "the analysis)"
         )
+    print(f"load average after: {_load()}")
     return 0
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ and 10 behind others (a module global, a class attribute, a closure), then print
 - the time of the full analysis and its ratio to the bare pass (target: <= 3x);
 - objgraph's ``find_backref_chain`` per tensor, timed on a sample and extrapolated
   to every leaked tensor, and its ratio to the analysis (target: >= 100x);
-- the analysis' peak extra memory per heap object under tracemalloc (aim: < 100 B).
+- the analysis' peak extra memory per heap object under tracemalloc (aim: < 100 B);
+- with ``--scaling``, the same at smaller heaps: time and memory per heap object and
+  the ratio to the bare pass at each size (linear: per-object figures stay flat).
 
-Ratios are printed, not asserted: they depend on the machine.
+Ratios are printed, not asserted: they depend on the machine; the load average is
+printed with them (other processes slow both passes, not always alike).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import os
 import sys
 import time
 import tracemalloc
@@ -257,19 +261,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     fractions = [float(f) for f in args.scaling.split(",") if f.strip()]
+    print(f"load average before: {_load()}")
     smaller = [run(int(args.objects * f), 0, repeats=2) for f in sorted(fractions)]
     figures = run(args.objects, args.objgraph_sample, args.objgraph_budget)
     _print_one(figures)
     if smaller:
         rows = [*smaller, figures]
         print(
-            f"{'heap objects':>13} {'analysis s':>10} {'us/object':>9} "
-            f"{'peak MiB':>9} {'B/object':>8}"
+            f"{'heap objects':>13} {'bare s':>7} {'analysis s':>10} {'x bare':>6} "
+            f"{'us/object':>9} {'peak MiB':>9} {'B/object':>8}"
         )
         for row in rows:
             print(
-                f"{row['heap_objects']:>13,} {row['analysis_s']:>10.3f} "
-                f"{row['analysis_s'] / row['heap_objects'] * 1e6:>9.2f} "
+                f"{row['heap_objects']:>13,} {row['bare_s']:>7.3f} {row['analysis_s']:>10.3f} "
+                f"{row['ratio']:>6.2f} {row['analysis_s'] / row['heap_objects'] * 1e6:>9.2f} "
                 f"{row['peak_bytes'] / 2**20:>9.1f} {row['bytes_per_object']:>8.1f}"
             )
         first, last = rows[0], rows[-1]
@@ -277,9 +282,17 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"heap x{grow:.1f}: time x{last['analysis_s'] / first['analysis_s']:.1f}, "
             f"peak memory x{last['peak_bytes'] / max(first['peak_bytes'], 1):.1f} "
-            f"(linear: both about x{grow:.1f})"
+            f"(linear: both at most about x{grow:.1f})"
         )
+    print(f"load average after: {_load()}")
     return 0
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -149,3 +149,30 @@ def test_array_sharing_a_storage_by_pointer_is_followed(leak_module: types.Modul
 
 def test_nothing_hidden_without_grad_graphs_or_arrays() -> None:
     assert not find_hidden([torch.zeros(4), object(), {"a": 1}])
+
+
+def test_the_array_search_runs_only_when_an_array_may_hold_a_target(
+    leak_module: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("numpy")
+    from memdiag.retainers import analysis
+
+    searches: list[bool] = []
+    real = analysis.find_hidden
+
+    def spy(objects: Any, **kw: Any) -> Any:
+        searches.append(bool(kw.get("arrays")))
+        return real(objects, **kw)
+
+    monkeypatch.setattr(analysis, "find_hidden", spy)
+    leak_module.PLAIN = torch.zeros(1024)
+    report = analyze(targets_of([leak_module.PLAIN]))
+    assert report.groups[0].chain_text().startswith(f"{leak_module.__name__}.PLAIN")
+    assert searches == [False], "every reference to the tensor is accounted for"
+
+    searches.clear()
+    leak_module.ARRAY = torch.zeros(1024).numpy()  # the tensor's only referrer: an array
+    report = analyze(targets_of([leak_module.ARRAY.base]))
+    assert searches == [False, True]
+    chain = report.groups[0].chain_text()
+    assert chain.startswith(f"{leak_module.__name__}.ARRAY -> .base"), chain
