@@ -345,7 +345,7 @@ def _tensor_findings(
                 f"{format_bytes(live_bytes)} in {plural(len(live), 'storage')} "
                 f"({plural(tensors, 'tensor')}) "
                 f"created since baseline are still alive ({counters()})",
-                "drop the references that keep them alive (retainers below) in shutdown",
+                "drop the references that keep them alive in shutdown",
             )
         )
     if frozen_bytes:

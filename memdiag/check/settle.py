@@ -77,6 +77,18 @@ class SettleOutcome:
                 "verdict did not wait longer (lazily released memory keeps falling; a leak "
                 "stays put)"
             )
+        if self.settle_s <= 0:
+            return (
+                "no settle (settle time 0 s): the verdict used the first reading after "
+                "the program ended; a settle time (--settle) lets lazily released memory "
+                "come back first"
+            )
+        if self.polls < 2:
+            return (
+                f"the settle time ({self.settle_s:g} s) ran out at the first reading "
+                f"({self.elapsed_s:.2f} s): one reading cannot tell lazily released "
+                "memory from a leak; a longer settle time may let it come back"
+            )
         return (
             f"settle timed out after {self.elapsed_s:.2f} s ({self.polls} polls) with memory "
             "still moving; a longer settle time may let it come back"

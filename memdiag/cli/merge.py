@@ -96,7 +96,7 @@ class MergeCommand:
             names = ", ".join(row.label for row in leaked)
             console.print(f"LEAK: {len(leaked)} of {len(rows)} processes leaked: {names}")
         else:
-            console.print(f"OK: memory came back in all {len(rows)} processes")
+            console.print(f"OK: memory within tolerance in all {len(rows)} processes")
         if args.json:
             try:
                 write_json(result, args.json, merged=[row.to_json() for row in rows])

@@ -15,7 +15,13 @@ from typing import Any
 from rich.console import Console
 
 from memdiag.backends.registry import UsageError
-from memdiag.check.signals import deferred_signals
+from memdiag.check.interpreter import InterpreterState
+from memdiag.check.signals import (
+    block_program_signals,
+    deferred_signals,
+    ignore_at_exit,
+    pending_signals,
+)
 from memdiag.check.tracker import Tracker
 from memdiag.cli.errors import (
     EXIT_INTERNAL,
@@ -70,9 +76,9 @@ class RunCommand:
     Under torchrun (RANK/WORLD_SIZE set) every rank checks itself and writes its own
     reports (out.json -> out.rank1.json); `memdiag merge` combines them.
 
-    Exit codes: 0 memory came back; 1 leak (also when the program failed);
-    2 usage error; 3 the program failed (exception, sys.exit with a non-zero code
-    or text) but memory came back; 4 memdiag's own internal error.
+    Exit codes: 0 no leak (memory within tolerance); 1 leak (also when the program
+    failed); 2 usage error; 3 the program failed (exception, sys.exit with a non-zero
+    code or text) but memory was within tolerance; 4 memdiag's own internal error.
     """
 
     name = "run"
@@ -145,7 +151,11 @@ class RunCommand:
         session = _Session(args, target, tracker, stdio, rank, known)
         try:
             script_run = run_target(
-                target, list(args.args), on_os_exit=session.on_os_exit, stderr=stdio.stderr
+                target,
+                list(args.args),
+                on_os_exit=session.on_os_exit,
+                stderr=stdio.stderr,
+                on_return=session.program_returned,
             )
         except TargetError as exc:
             tracker.close()
@@ -179,19 +189,53 @@ class _Session:
         self.stdio = stdio
         self.rank = rank
         self.pid = os.getpid()
+        self.interpreter = InterpreterState().restored()
+        """Entered when the program returns, left after the reports: the program may
+        have replaced builtins, stdlib functions, sys.modules entries, the recursion
+        limit, hooks; memdiag runs in the interpreter it found, the program's
+        atexit handlers in the one the program left."""
+        self.held: frozenset[int] = frozenset()
+
+    def program_returned(self) -> None:
+        """The program's code is done (called again if a signal handler of the
+        program raised into it: each step resumes).  The interpreter is put back
+        (builtins first, with statements only), and the signals the program handles
+        in Python are held from here to the process' end (a timer whose handler
+        raises must not fire into the check or the reports)."""
+        self.interpreter.__enter__()
+        self.held |= block_program_signals()
+
+    def _leave(self) -> None:
+        """The reports are written: the program's own interpreter state is back."""
+        self.interpreter.__exit__(None, None, None)
+
+    def _held_note(self) -> None:
+        arrived = pending_signals(self.held)
+        ignore_at_exit(arrived)
+        for signum in arrived:
+            say(
+                self.stdio,
+                f"memdiag: {signal.Signals(signum).name} arrived after the script ended; "
+                "it was held, and the script's handler was not run",
+            )
 
     def finish(self, script_run: ScriptRun) -> int:
         """The program returned: check with its ``__main__`` alive, then report."""
+        self.program_returned()  # done already, unless a signal handler kept raising
         _flush_program_output()
         try:
             result = self._check()
         finally:
             script_run.release()
             self.tracker.close()
-        return self.report(result, script_run.exit_code, script_run.failure)
+        code = self.report(result, script_run.exit_code, script_run.failure)
+        self._held_note()
+        self._leave()  # not on an error: memdiag's message is written in this state
+        return code
 
     def on_os_exit(self, code: int, where: str) -> int:
         """The program called ``os._exit``: check now, before the process is gone."""
+        self.program_returned()
         failure = f"the script called os._exit({code})" if code else None
         notice = (
             f"the script called os._exit({code}) at {where}: the process ends there, "

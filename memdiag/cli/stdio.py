@@ -123,10 +123,17 @@ def quiet_exit_streams() -> None:
     """Before the interpreter exits: a stream whose pending output can no longer be
     flushed (its descriptor was closed) would turn the exit code into 120."""
     for name in ("stdout", "stderr"):
-        stream = getattr(sys, name, None)
-        if stream is None or getattr(stream, "closed", False):
+        # sys.__dict__, not getattr(): the program may have replaced the builtins
+        stream = sys.__dict__.get(name)
+        if stream is None:
+            continue
+        try:
+            closed = stream.closed
+        except Exception:  # noqa: BLE001 - a stream object without the attribute
+            closed = False
+        if closed:
             continue
         try:
             stream.flush()
-        except (OSError, ValueError):
-            setattr(sys, name, None)
+        except Exception:  # noqa: BLE001 - a stream of the program's making that fails
+            sys.__dict__[name] = None

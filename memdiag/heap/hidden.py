@@ -336,14 +336,15 @@ class _Finder:
         base = getattr(numpy, "ndarray", None)
         if not isinstance(base, type):
             return []
-        wanted = set(subclasses(base))
+        # Types by id(): a metaclass' __hash__ is the program's code (it may raise).
+        wanted = set(map(id, subclasses(base)))
         found: dict[int, object] = {}
         containers: dict[int, object] = {}
-        holder_types = {dict, tuple}
+        holder_types = {id(dict), id(tuple)}
         referents = gc.get_referents
         for start in range(0, len(objects), _CHUNK):
             refs = referents(*objects[start : start + _CHUNK])
-            kinds = list(map(type, refs))
+            kinds = list(map(id, map(type, refs)))
             # C-level filters: no Python loop per reference.
             held = list(
                 itertools.filterfalse(
@@ -356,7 +357,7 @@ class _Finder:
         holders = list(containers.values())
         for start in range(0, len(holders), _CHUNK):
             chunk = holders[start : start + _CHUNK]
-            if wanted.isdisjoint(map(type, referents(*chunk))):
+            if wanted.isdisjoint(map(id, map(type, referents(*chunk)))):
                 continue
             for container in chunk:
                 if self.collect(referents(container), wanted, found):
@@ -364,9 +365,10 @@ class _Finder:
         return list(found.values())
 
     @staticmethod
-    def collect(refs: list[object], wanted: set[type], found: dict[int, object]) -> bool:
+    def collect(refs: list[object], wanted: set[int], found: dict[int, object]) -> bool:
+        """Adds the refs whose type's id is in ``wanted``; whether there was one."""
         hit = False
-        for ref in itertools.compress(refs, map(wanted.__contains__, map(type, refs))):
+        for ref in itertools.compress(refs, map(wanted.__contains__, map(id, map(type, refs)))):
             found.setdefault(id(ref), ref)
             hit = True
         return hit

@@ -103,18 +103,20 @@ def plain_console(file: IO[str] | None = None, *, stderr: bool = False, **option
     if file is None:
         current = sys.stderr if stderr else sys.stdout
         if current is not None and _is_tty(current):
-            return Console(stderr=stderr, markup=False, emoji=False, **options)
+            return _readable(Console(stderr=stderr, markup=False, emoji=False, **options))
         # Resolved at every write, as rich does: a program may replace sys.stderr.
         getter = (lambda: sys.stderr) if stderr else (lambda: sys.stdout)
-        return Console(
-            file=cast(IO[str], TrailingSpaceStripper(getter)),
-            markup=False,
-            emoji=False,
-            **options,
+        return _readable(
+            Console(
+                file=cast(IO[str], TrailingSpaceStripper(getter)),
+                markup=False,
+                emoji=False,
+                **options,
+            )
         )
     if not _is_tty(file):
         file = cast(IO[str], TrailingSpaceStripper(file))
-    return Console(file=file, markup=False, emoji=False, **options)
+    return _readable(Console(file=file, markup=False, emoji=False, **options))
 
 
 def report_table(title: str | None = None) -> Table:
@@ -128,3 +130,14 @@ def report_table(title: str | None = None) -> Table:
         show_edge=False,
         pad_edge=False,
     )
+
+
+MIN_WIDTH = 40
+"""Narrower than this (``COLUMNS=0``, a 5-column pane) and every line would wrap at a
+character or two, or vanish: 80 columns are used instead."""
+
+
+def _readable(console: Console) -> Console:
+    if console.width < MIN_WIDTH:
+        console.width = 80
+    return console

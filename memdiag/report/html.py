@@ -238,7 +238,7 @@ class HtmlReport:
             f"{plural(len(findings) - leaks, 'note')}, biggest first</span></h2>\n"
         )
         if not findings:
-            file.write("<p>No findings: memory came back.</p>\n")
+            file.write("<p>No findings: memory within tolerance.</p>\n")
         for finding in findings:
             file.write(_finding(finding) + "\n")
         if unrooted:

@@ -70,8 +70,10 @@ def _owner_or_storage_key(
 ) -> Callable[[object], int | None]:
     """A pool owner's key is its pool's (:func:`pool_key`); a tensor's, its storage's."""
 
+    owner_ids = frozenset(map(id, owners))  # by id: no metaclass __eq__/__hash__ runs
+
     def key_of(obj: object) -> int | None:
-        if type(obj) in owners:
+        if id(type(obj)) in owner_ids:
             pool = pool_of(obj)
             return None if pool is None else pool_key(pool)
         return storage_key(obj)

@@ -42,6 +42,10 @@ __all__ = [
 ]
 
 _ATOMS = (str, int, float, bool, bytes, type(None))
+_ATOM_IDS = frozenset(map(id, _ATOMS))  # by id: a metaclass' __eq__ is the program's code
+_GENERATOR_IDS = frozenset(
+    map(id, (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType))
+)
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 _MODULE_DICTS = frozenset({"_modules", "_parameters", "_buffers"})
 _LABEL_CACHE_MIN = 64
@@ -55,7 +59,7 @@ def is_a(obj: object, cls: type | tuple[type, ...]) -> bool:
 def safe_repr(obj: object, limit: int = 40) -> str:
     """``repr`` for builtin atoms (truncated), ``<TypeName>`` for anything else."""
     tp = type(obj)
-    if tp in _ATOMS:
+    if id(tp) in _ATOM_IDS:
         try:
             text = repr(obj)
         except Exception:  # noqa: BLE001 - a huge int may refuse to print
@@ -87,7 +91,7 @@ def type_name(tp: type) -> str:
 def key_text(key: Any) -> str:
     """A dict key as written in source: ``'kv_cache'``, ``3``, ``('a', 1)``, ``<Foo>``."""
     tp = type(key)
-    if tp is tuple and len(key) <= 4 and all(type(k) in _ATOMS for k in key):
+    if tp is tuple and len(key) <= 4 and all(id(type(k)) in _ATOM_IDS for k in key):
         return safe_repr(key, 60)
     return safe_repr(key)
 
@@ -198,7 +202,7 @@ def node_text(obj: Any) -> str:
         return f"function {obj.__qualname__}"
     if tp is types.FrameType:
         return frame_text(obj)
-    if tp in (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType):
+    if id(tp) in _GENERATOR_IDS:
         return f"{qualname(tp)} {obj.__qualname__}"
     if tp is types.ModuleType:
         namespace = instance_dict(obj) or {}
@@ -247,7 +251,9 @@ class HopLabeller:
             size = dict.__len__(parent)
         elif is_a(parent, (list, tuple)):
             size = (
-                len(_sequence_items(parent)) if type(parent) not in (list, tuple) else len(parent)
+                len(_sequence_items(parent))
+                if type(parent) is not list and type(parent) is not tuple
+                else len(parent)
             )
         else:
             return None
@@ -312,7 +318,7 @@ class HopLabeller:
             return "", "plain"
         if ptype is types.FrameType:
             return self._frame_hop(parent, child), "plain"
-        if ptype in (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType):
+        if id(ptype) in _GENERATOR_IDS:
             frame = getattr(parent, "gi_frame", None) or getattr(parent, "cr_frame", None)
             if type(frame) is types.FrameType:
                 label = self._frame_hop(frame, child)

@@ -76,6 +76,9 @@ _LONG_LIVED = (
     classmethod,
 )
 _STRUCTURAL = (dict, list, tuple, set, frozenset, types.CellType, types.MappingProxyType)
+# Membership by id(): ``tp in (dict, ...)`` runs a metaclass' __eq__ (the program's code).
+_LONG_LIVED_IDS = frozenset(id(t) for t in _LONG_LIVED)
+_STRUCTURAL_IDS = frozenset(id(t) for t in _STRUCTURAL)
 _INDEX = re.compile(r"\[[^\]]*\]|\(key [^)]*\)")
 _LINE = re.compile(r":\d+\)")
 PSEUDO_KINDS = ("frozen", "unreachable", "native")
@@ -169,11 +172,11 @@ class PathForest:
         if id(obj) in self.baseline:
             return True
         tp = type(obj)
-        if tp in _LONG_LIVED or issubclass(tp, type) or tp is self.env.lru_type:
+        if id(tp) in _LONG_LIVED_IDS or issubclass(tp, type) or tp is self.env.lru_type:
             return True
         if issubclass(tp, self._logging):
             return True  # logging keeps every logger (and its manager) for good
-        return parent_long_lived and tp in _STRUCTURAL
+        return parent_long_lived and id(tp) in _STRUCTURAL_IDS
 
     def _visit(self, node: int, seed_index: int, parent: int | None) -> None:
         obj = self.graph.nodes[node]

@@ -74,10 +74,10 @@ def live_pools(objects: Iterable[object] | None = None) -> dict[Pool, list[str]]
     Owners frozen by ``gc.freeze()`` count: the heap is read through
     :func:`~memdiag.heap.view.find_instances` (a forked walk when anything is frozen;
     reading a graph's or pool's id there is bookkeeping, no device work)."""
-    types_ = frozenset(owner_types())
+    types_ = frozenset(map(id, owner_types()))  # by id: no metaclass __hash__ runs
     if not types_:
         return {}
     out: dict[Pool, list[str]] = {}
-    for pool, name in find_instances(types_.__contains__, _owned, objects):
+    for pool, name in find_instances(lambda tp: id(tp) in types_, _owned, objects):
         out.setdefault(pool, []).append(name)
     return out

@@ -45,6 +45,9 @@ __all__ = [
 
 TargetKind = Literal["script", "module", "code"]
 
+_getpid = os.getpid
+"""Bound at import: a program that replaces ``os.getpid`` is not taken for a fork."""
+
 
 class TargetError(Exception):
     """The program cannot be started at all (a usage error, not a script failure)."""
@@ -87,7 +90,7 @@ class Target:
 @dataclass
 class ScriptRun:
     target: Target
-    pid: int = field(default_factory=os.getpid)
+    pid: int = field(default_factory=_getpid)
     """The process that started the run; a forked child of the program is another."""
     exit_code: int = 0
     failure: str | None = None
@@ -106,7 +109,7 @@ class ScriptRun:
     @property
     def forked(self) -> bool:
         """True in a child the program forked: the run (and its check) is not ours."""
-        return os.getpid() != self.pid
+        return _getpid() != self.pid
 
     @property
     def path(self) -> Path:
@@ -148,6 +151,7 @@ def run_target(
     *,
     on_os_exit: Callable[[int, str], int] | None = None,
     stderr: Callable[[], TextIO | None] | None = None,
+    on_return: Callable[[], object] | None = None,
 ) -> ScriptRun:
     """Run ``target`` as ``__main__``; never raises for the program's own failures.
 
@@ -160,6 +164,9 @@ def run_target(
     returns the exit code the process ends with.
     ``stderr``: where to print the program's traceback or ``sys.exit`` text when its
     own ``sys.stderr`` is gone (``None``, closed, or its file descriptor closed).
+    ``on_return()``: called as soon as the program's code returns or raises (before
+    anything else of memdiag's runs), e.g. to hold the program's signals; retried
+    when the program's signal handler raises into it.
     """
     run = ScriptRun(target=target)
     run._saved_main = sys.modules["__main__"]
@@ -177,14 +184,42 @@ def run_target(
     run.module = module
     if on_os_exit is not None:
         run._restore_os_exit = _hook_os_exit(run.pid, on_os_exit)
+    hooks = (sys.gettrace(), sys.getprofile())
+    failure: BaseException | None = None
     try:
         exec(compiled(), module.__dict__)
-    except SystemExit as exc:
-        run.exit_code, run.failure = _system_exit(exc, stderr)
     except BaseException as exc:  # noqa: BLE001 - the script's failure is reported, not raised
-        _record_exception(run, exc, stderr)
+        failure = exc
         del exc
+    # Right after the program's code: statements and C calls only until on_return
+    # has put the interpreter back.  A trace or profile function the program left
+    # would run at every call memdiag makes (and may raise): the ones memdiag found
+    # (a coverage tool's) are put back.  A hook or a signal handler of the program
+    # that raises into a step (the interpreter unsets a raising hook) makes it run
+    # again; a function call of ours here could be interrupted at its first line.
+    tries = 0
+    while tries < 8:
+        tries += 1
+        try:
+            if sys.getprofile() is not hooks[1]:
+                sys.setprofile(hooks[1])
+            if sys.gettrace() is not hooks[0]:
+                sys.settrace(hooks[0])
+            if on_return is not None:
+                on_return()
+            break
+        except _Exception:
+            continue
+    if isinstance(failure, SystemExit):
+        run.exit_code, run.failure = _system_exit(failure, stderr)
+    elif failure is not None:
+        _record_exception(run, failure, stderr)
+    del failure
     return run
+
+
+_Exception = Exception
+"""Bound here: ``except Exception`` would look the name up in the program's builtins."""
 
 
 # -- preparing the three kinds of target ---------------------------------------------------
@@ -460,7 +495,7 @@ def _hook_os_exit(pid: int, on_os_exit: Callable[[int, str], int]) -> Callable[[
     busy: list[bool] = []
 
     def _exit(status: int) -> NoReturn:
-        if os.getpid() != pid or busy:  # a forked child, or os._exit during the check
+        if _getpid() != pid or busy:  # a forked child, or os._exit during the check
             real_exit(status)
         busy.append(True)
         caller = sys._getframe(1)

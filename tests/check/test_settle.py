@@ -81,6 +81,20 @@ def test_a_settle_that_runs_out_while_memory_still_falls_says_so() -> None:
     assert any("timed out after" in n for n in result.notices)
 
 
+def test_no_settle_says_so_not_that_memory_was_still_moving() -> None:
+    result, tracker = _check(FakeBackend(["cuda:0"]), _leak, settle=0)
+    assert result.leaked and _outcome(tracker).polls == 1
+    (notice,) = [n for n in result.notices if "settle" in n]
+    assert notice.startswith("no settle (settle time 0 s): the verdict used the first reading")
+    assert "still moving" not in notice and "timed out" not in notice
+
+
+def test_one_reading_is_not_called_memory_still_moving() -> None:
+    outcome = SettleOutcome("timed out", 3.2, 1, 0.5, 0.5)
+    text = outcome.describe()
+    assert "ran out at the first reading (3.20 s)" in text and "still moving" not in text
+
+
 def test_the_default_stall_window_follows_the_settle_time() -> None:
     assert stall_window(0.2) == 0.2  # never longer than the settle itself
     assert stall_window(1.0) == 0.5

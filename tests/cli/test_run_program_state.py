@@ -268,3 +268,65 @@ def test_a_forked_child_never_runs_a_check(
     assert proc.stderr.count("memory by phase") == 1  # one report: the parent's
     assert "LEAK" not in proc.stderr
     assert json.loads((tmp_path / "out.json").read_text())["context"]["pid"] != 0
+
+
+# -- what the program left of the interpreter ---------------------------------------------------
+
+LEFT_BEHIND = """
+import atexit, builtins, gc, os, signal, sys, threading, time
+{hold}
+def seen_at_exit():
+    # the program's atexit handlers run in the interpreter the program left
+    with builtins.__dict__["_real_open"]("atexit.txt", "w") as out:
+        out.write(f"{{(builtins.len is None, time.sleep is None, sys.modules['json'])!r}}")
+builtins._real_open = builtins.open
+atexit.register(seen_at_exit)
+ARMED = False  # armed by the last line: the hooks raise from then on, outside this file
+def hook(frame, event, arg):
+    if ARMED and frame.f_code.co_filename != __file__:
+        raise RuntimeError("the program's hook")
+def raising(*args):
+    if ARMED:
+        raise RuntimeError("the program's callback")
+class Stream:
+    def write(self, text): raise OSError("write")
+    def flush(self): raise OSError("flush")
+gc.callbacks.append(raising)
+signal.signal(signal.SIGALRM, raising)
+signal.setitimer(signal.ITIMER_REAL, 0.05, 0.01)  # keeps firing after the script ends
+os.getpid = lambda: 1  # not a forked child for that
+for name in ("len", "print", "isinstance", "getattr", "repr", "sorted", "open", "iter"):
+    setattr(builtins, name, None)
+time.sleep = time.monotonic = None
+sys.modules["json"] = None
+sys.setrecursionlimit(50)
+threading.settrace(hook)
+sys.setprofile(hook)
+sys.settrace(hook)
+sys.stdout = Stream()
+ARMED = True
+"""
+
+
+@pytest.mark.parametrize("leak", [True, False])
+def test_what_the_program_left_of_the_interpreter_does_not_reach_memdiag(
+    tmp_path: Path, leak: bool
+) -> None:
+    """Replaced builtins and stdlib functions, sys.modules["json"] = None, a recursion
+    limit of 50, gc callbacks and trace/profile hooks that raise, a raising interval
+    timer, a replaced os.getpid, a stdout whose every call raises: the verdict, the
+    report and the exit code are memdiag's, and the program's atexit handler still
+    sees its own interpreter."""
+    script = tmp_path / "left.py"
+    script.write_text(LEFT_BEHIND.format(hold=HOLD if leak else "import torch"))
+    proc = _memdiag(tmp_path, "--json", "out.json", "left.py")
+    assert proc.returncode == (1 if leak else 0), proc.stderr
+    assert "internal error" not in proc.stderr
+    # tracebacks at interpreter exit are the program's (torch's own atexit code calls
+    # the builtins it replaced), as under python; none goes through memdiag
+    assert f"{os.sep}memdiag{os.sep}" not in proc.stderr
+    verdict = "LEAK: 4.0 MiB leaked" if leak else "OK: memory within tolerance: cpu"
+    assert verdict in proc.stderr
+    assert "SIGALRM arrived after the script ended; it was held" in proc.stderr
+    assert json.loads((tmp_path / "out.json").read_text())["leaked"] is leak
+    assert (tmp_path / "atexit.txt").read_text() == "(True, True, None)"

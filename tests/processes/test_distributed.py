@@ -149,7 +149,7 @@ def test_merge_of_clean_reports_passes_and_bad_input_is_a_usage_error(
     for rank in (0, 1):
         write_json(tracker.result, tmp_path / f"out.rank{rank}.json", rank=rank, pid=100 + rank)
     assert main(["merge", str(tmp_path / "out.rank0.json"), str(tmp_path / "out.rank1.json")]) == 0
-    assert "OK: memory came back in all 2 processes" in capsys.readouterr().out
+    assert "OK: memory within tolerance in all 2 processes" in capsys.readouterr().out
     (tmp_path / "notes.json").write_text('{"hello": 1}')
     assert main(["merge", str(tmp_path)]) == 2
     assert "notes.json is not a memdiag JSON report" in capsys.readouterr().err

@@ -243,7 +243,7 @@ def sample_result() -> CheckResult:
                 "773.5 MiB in 16 storages (16 tensors) created since baseline are still alive "
                 "(allocated 0 B at baseline, 781.0 MiB now, tolerance 16.0 MiB)"
             ),
-            advice="drop the references that keep them alive (retainers below) in shutdown",
+            advice="drop the references that keep them alive in shutdown",
             tensors=(
                 _tensor((4096, 4096), "cuda:0", 64 * MiB, 12),
                 _tensor((4096, 128), "cuda:0", 2 * MiB, 2),

@@ -1,0 +1,189 @@
+"""The interpreter as memdiag found it, put back around memdiag's own work.
+
+A watched program may leave the interpreter in a state memdiag's code cannot run in:
+``builtins.len`` or ``builtins.print`` replaced, ``time.sleep = None``,
+``sys.modules["json"] = None``, ``sys.setrecursionlimit(50)``, a ``gc.callbacks``
+entry or a ``sys.settrace`` function that raises or blocks.  Python code reads all of
+these at call time, stdlib code included, so a check run in that state fails with an
+error of the program's making (or hangs in its callback).
+
+:class:`InterpreterState` is taken before the program runs (a shallow copy of the
+builtins, of the callables and modules of the standard-library modules already
+imported, and of ``sys.modules``).  :meth:`InterpreterState.restored` puts the
+captured entries back for the duration of memdiag's check and reports, and then puts
+the program's own values back: the program is not changed (its atexit handlers, run
+after the check, see what it set).  Only what changed is touched, so the cost is one
+identity comparison per captured entry.
+"""
+
+from __future__ import annotations
+
+import builtins
+import gc
+import sys
+import threading
+import types
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+__all__ = ["InterpreterState"]
+
+_MISSING = object()
+# sys's hooks memdiag calls on purpose (the program's excepthook runs on its failure)
+# and its streams (memdiag writes to the streams it captured itself).
+_SYS_KEEP = frozenset({"excepthook", "displayhook", "breakpointhook", "unraisablehook"})
+_EXTRA_MODULES = ("builtins", "sys", "gc", "os", "posixpath", "time", "io", "json")
+MIN_RECURSION = 1000
+"""The recursion limit memdiag's own code runs under at least."""
+
+
+def _stdlib_names() -> frozenset[str]:
+    names = getattr(sys, "stdlib_module_names", None)
+    return frozenset(names) if names else frozenset(_EXTRA_MODULES)
+
+
+def _ours(name: str, stdlib: frozenset[str]) -> bool:
+    top = name.partition(".")[0]
+    return top in stdlib or top in ("memdiag", "rich", "_pytest", "pytest", "pluggy")
+
+
+def _captured(module: types.ModuleType, name: str) -> dict[str, Any]:
+    """The module's callables and submodules (data is the program's to change)."""
+    try:
+        namespace = dict(vars(module))
+    except TypeError:
+        return {}
+    keep = {}
+    for key, value in namespace.items():
+        if name == "sys" and key in _SYS_KEEP:
+            continue
+        if isinstance(value, (types.ModuleType, type)) or callable(value):
+            keep[key] = value
+    return keep
+
+
+class InterpreterState:
+    """What memdiag's code relies on, captured before the program runs."""
+
+    def __init__(self) -> None:
+        stdlib = _stdlib_names()
+        self._modules = dict(sys.modules)
+        self._namespaces: list[tuple[types.ModuleType, dict[str, Any]]] = []
+        for name, module in self._modules.items():
+            if isinstance(module, types.ModuleType) and name != "builtins" and _ours(name, stdlib):
+                self._namespaces.append((module, _captured(module, name)))
+        self._builtins = dict(builtins.__dict__)
+        self._recursion = sys.getrecursionlimit()
+        self._path = list(sys.path)
+        self._found_hooks = (sys.gettrace(), sys.getprofile(), _thread_hooks())
+
+    def restored(self) -> _Restored:
+        """The captured interpreter for a ``with`` block; the program's own values after.
+
+        Also for the block: no ``gc.callbacks``, no trace or profile function (for
+        this thread and new threads), a recursion limit of at least
+        :data:`MIN_RECURSION`, and the import path memdiag started with."""
+        return _Restored(self)
+
+    def _put_back(self, undo: list[Callable[[], None]]) -> None:
+        # Builtins first, with statements only: until they are back, calling
+        # len(), getattr() or isinstance() may run the program's replacements.
+        space = builtins.__dict__
+        for key, value in self._builtins.items():
+            now = space.get(key, _MISSING)
+            if now is not value:
+                space[key] = value
+                undo.append(_restore_item(space, key, now))
+        modules = sys.modules
+        for name, module in self._modules.items():
+            now = modules.get(name, _MISSING)
+            if now is not module:
+                modules[name] = module
+                undo.append(_restore_item(modules, name, now))
+        for module, namespace in self._namespaces:
+            space = vars(module)
+            for key, value in namespace.items():
+                now = space.get(key, _MISSING)
+                if now is not value:
+                    space[key] = value
+                    undo.append(_restore_item(space, key, now))
+        callbacks = list(gc.callbacks)
+        if callbacks:
+            gc.callbacks.clear()
+            undo.append(lambda: gc.callbacks.extend(callbacks))
+        self._hooks(undo, self._found_hooks)
+        limit = sys.getrecursionlimit()
+        if limit < max(self._recursion, MIN_RECURSION):
+            sys.setrecursionlimit(max(self._recursion, MIN_RECURSION))
+            undo.append(lambda: sys.setrecursionlimit(limit))
+        path = list(sys.path)
+        if path != self._path:
+            sys.path[:] = self._path
+            undo.append(lambda: sys.path.__setitem__(slice(None), path))
+
+    @staticmethod
+    def _hooks(undo: list[Callable[[], None]], hooks: tuple[Any, Any, tuple[Any, Any]]) -> None:
+        # Hooks memdiag found (a coverage tool's) stay; the program's are taken off.
+        found_trace, found_profile, found_threads = hooks
+        trace, profile = sys.gettrace(), sys.getprofile()
+        if trace is not found_trace:
+            sys.settrace(found_trace)
+            undo.append(lambda: sys.settrace(trace))
+        if profile is not found_profile:
+            sys.setprofile(found_profile)
+            undo.append(lambda: sys.setprofile(profile))
+        threads = _thread_hooks()
+        if threads != found_threads:
+            _set_thread_hooks(found_threads)
+            undo.append(lambda: _set_thread_hooks(threads))
+
+
+def _thread_hooks() -> tuple[Any, Any]:
+    """The hooks new threads start with (``threading.settrace`` / ``setprofile``)."""
+    return (threading.__dict__.get("_trace_hook"), threading.__dict__.get("_profile_hook"))
+
+
+def _set_thread_hooks(hooks: tuple[Any, Any]) -> None:
+    threading.settrace(hooks[0])
+    threading.setprofile(hooks[1])
+
+
+def _restore_item(space: dict[str, Any], key: str, value: object) -> Callable[[], None]:
+    def undo() -> None:
+        if value is _MISSING:
+            space.pop(key, None)
+        else:
+            space[key] = value
+
+    return undo
+
+
+class _Restored:
+    """``with state.restored():`` -- a plain class: contextlib itself calls builtins."""
+
+    def __init__(self, state: InterpreterState) -> None:
+        self._state = state
+        self._undo: list[Callable[[], None]] = []
+
+    def __enter__(self) -> None:
+        """Puts back what is not back yet: entering again (after a signal handler of
+        the program raised into the first entry) resumes."""
+        self._state._put_back(self._undo)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        undo, self._undo = self._undo, []
+        if exc is not None:
+            # memdiag failed: its error message is written next, in this interpreter;
+            # the process ends right after it.
+            return
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - put back as much as can be put back
+                pass
