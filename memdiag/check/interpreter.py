@@ -83,7 +83,9 @@ class InterpreterState:
 
         Also for the block: no ``gc.callbacks``, no trace or profile function (for
         this thread and new threads), a recursion limit of at least
-        :data:`MIN_RECURSION`, and the import path memdiag started with."""
+        :data:`MIN_RECURSION`, and the import path memdiag started with (kept after
+        the block: a program's own directory first on it could shadow what memdiag
+        imports).  ``sys.modules["__main__"]`` is the runner's to swap."""
         return _Restored(self)
 
     def _put_back(self, undo: list[Callable[[], None]]) -> None:
@@ -98,7 +100,7 @@ class InterpreterState:
         modules = sys.modules
         for name, module in self._modules.items():
             now = modules.get(name, _MISSING)
-            if now is not module:
+            if now is not module and name != "__main__":  # the runner's to swap
                 modules[name] = module
                 undo.append(_restore_item(modules, name, now))
         for module, namespace in self._namespaces:
@@ -117,10 +119,10 @@ class InterpreterState:
         if limit < max(self._recursion, MIN_RECURSION):
             sys.setrecursionlimit(max(self._recursion, MIN_RECURSION))
             undo.append(lambda: sys.setrecursionlimit(limit))
-        path = list(sys.path)
-        if path != self._path:
+        if sys.path != self._path:
+            # Not undone: the runner puts its own entry (sys.path[0]) back meanwhile,
+            # and the process ends after memdiag's reports.
             sys.path[:] = self._path
-            undo.append(lambda: sys.path.__setitem__(slice(None), path))
 
     @staticmethod
     def _hooks(undo: list[Callable[[], None]], hooks: tuple[Any, Any, tuple[Any, Any]]) -> None:

@@ -33,7 +33,8 @@ from typing import Any
 
 from memdiag.values.findings import Finding
 from memdiag.values.result import CheckResult
-from memdiag.values.units import format_bytes, parse_size
+from memdiag.values.units import MAX_SIZE, format_bytes, parse_size
+from memdiag.values.validate import ReportFormatError, read_report_bytes
 
 __all__ = [
     "DEFAULT_KNOWN_TOLERANCE",
@@ -117,7 +118,8 @@ def device_type(device: str) -> str:
 def leak_signature(finding: Finding, test: str) -> LeakSignature:
     """The signature of one finding of the run ``test``."""
     sigs = sorted({g.signature for g in finding.retainers if g.signature})
-    retainer = hashlib.sha1("\x1f".join(sigs).encode()).hexdigest()[:12] if sigs else ""
+    joined = "\x1f".join(sigs).encode("utf-8", "surrogatepass")  # heap text may hold any
+    retainer = hashlib.sha1(joined).hexdigest()[:12] if sigs else ""
     roots: list[str] = []
     for group in sorted(finding.retainers, key=lambda g: -g.retained_bytes):
         if group.root_name and group.root_name not in roots:
@@ -251,6 +253,8 @@ class KnownLeaks:
 
 def _size(value: object, where: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if value > MAX_SIZE:
+            raise KnownLeaksError(f"{where}: {value} is more than {format_bytes(MAX_SIZE)}")
         return value
     if isinstance(value, str):
         try:
@@ -258,6 +262,15 @@ def _size(value: object, where: str) -> int:
         except ValueError as exc:
             raise KnownLeaksError(f"{where}: {exc}") from None
     raise KnownLeaksError(f"{where}: {value!r} is not a size (bytes, or a string like '4MiB')")
+
+
+def _shown(value: object) -> str:
+    """A JSON value for an error message: short, whatever it is."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_known(data: object, *, source: str = "") -> KnownLeaks:
@@ -280,6 +293,14 @@ def parse_known(data: object, *, source: str = "") -> KnownLeaks:
         missing = [k for k in ("test", "kind", "device", "bytes") if k not in entry]
         if missing:
             raise KnownLeaksError(f"{at} lacks {', '.join(missing)}")
+        for key in ("test", "kind", "device", "retainer", "reason"):
+            if key in entry and not isinstance(entry[key], str | None):
+                raise KnownLeaksError(f"{at} {key}: {_shown(entry[key])} is not a string")
+        roots = entry.get("roots")
+        if roots is not None and (
+            not isinstance(roots, list) or not all(isinstance(r, str) for r in roots)
+        ):
+            raise KnownLeaksError(f"{at} roots: {_shown(roots)} is not a list of strings")
         leaks.append(
             KnownLeak(
                 signature=LeakSignature.from_json(entry),
@@ -295,15 +316,23 @@ def load_known(path: str | os.PathLike[str]) -> KnownLeaks:
     """Read a known-leaks file; :class:`KnownLeaksError` when missing or malformed."""
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        text = read_report_bytes(source, what="known-leaks file").decode("utf-8")
     except FileNotFoundError:
         raise KnownLeaksError(f"known-leaks file not found: {source}") from None
+    except IsADirectoryError:
+        raise KnownLeaksError(f"{source} is a directory, not a known-leaks file") from None
+    except ReportFormatError as exc:
+        raise KnownLeaksError(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise KnownLeaksError(f"cannot read known-leaks file {source}: {exc}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise KnownLeaksError(f"{source} is not JSON: {exc}") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise KnownLeaksError(f"{source} is not a known-leaks file: {exc}") from None
+    except RecursionError:
+        raise KnownLeaksError(f"{source} is not a known-leaks file: nested too deeply") from None
     return parse_known(data, source=str(source))
 
 

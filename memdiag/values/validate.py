@@ -10,7 +10,10 @@ problem is a :class:`ReportFormatError` naming the file and the field, e.g.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -180,11 +183,43 @@ def check_report(data: Any) -> None:
         raise ReportFormatError("the report is nested deeper than any memdiag report") from None
 
 
+MAX_REPORT_BYTES = 1 << 30
+"""No memdiag report or known-leaks file comes near this (1 GiB)."""
+
+
+def read_report_bytes(path: str | Path, *, what: str = "memdiag JSON report") -> bytes:
+    """A report file's bytes: a regular file only (a FIFO would block the reader
+    forever, ``/dev/zero`` never ends), at most :data:`MAX_REPORT_BYTES`.
+
+    ``OSError`` (missing, unreadable, a directory) passes through; anything else that
+    is no report is a :class:`ReportFormatError` naming the file."""
+    source = Path(path)
+    # O_NONBLOCK: opening a FIFO (even one swapped in after a check) never waits
+    fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(source))
+        raise ReportFormatError(
+            f"{source} is not a {what}: not a regular file (a FIFO, device or socket)"
+        )
+    with os.fdopen(fd, "rb") as file:
+        raw = file.read(MAX_REPORT_BYTES + 1)
+    if len(raw) > MAX_REPORT_BYTES:
+        raise ReportFormatError(f"{source} is not a {what}: larger than 1 GiB")
+    return raw
+
+
 def read_report_data(path: str | Path) -> dict[str, Any]:
     """The file's JSON, checked; :class:`ReportFormatError` (with the file name) if it is
     not a memdiag report.  ``OSError`` (missing, unreadable) passes through."""
     source = Path(path)
-    raw = source.read_bytes()
+    raw = read_report_bytes(source)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -28,7 +28,12 @@ from memdiag.processes.watch import short_cmdline
 from memdiag.values.findings import Finding
 from memdiag.values.readings import DeviceReading
 from memdiag.values.result import CheckResult, DeviceCheck, PhaseRecord
-from memdiag.values.validate import ReportFormatError, read_report_data, result_from_data
+from memdiag.values.validate import (
+    ReportFormatError,
+    read_report_bytes,
+    read_report_data,
+    result_from_data,
+)
 from memdiag.workers.env import ENV_DIR
 
 __all__ = [
@@ -121,8 +126,8 @@ def load_report(path: str | os.PathLike[str]) -> WorkerReport:
 
 def _is_merged(path: Path) -> bool:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = json.loads(read_report_bytes(path).decode("utf-8"))
+    except (OSError, ValueError, RecursionError, ReportFormatError):
         return False
     return (
         isinstance(data, dict)
@@ -138,7 +143,9 @@ def find_reports(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            found.extend(p for p in sorted(path.glob("*.json")) if not _is_merged(p))
+            found.extend(
+                p for p in sorted(path.glob("*.json")) if p.is_file() and not _is_merged(p)
+            )
         else:
             found.append(path)
     return found

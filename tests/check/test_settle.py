@@ -78,7 +78,9 @@ def test_a_settle_that_runs_out_while_memory_still_falls_says_so() -> None:
     assert result.leaked
     assert outcome.ended == "timed out"
     assert 0.5 <= outcome.elapsed_s < 10.0
-    assert any("timed out after" in n for n in result.notices)
+    # on a loaded machine the first poll alone may outlast the 0.5 s settle time
+    said = "timed out after" if outcome.polls > 1 else "ran out at the first reading"
+    assert any(said in n for n in result.notices), result.notices
 
 
 def test_no_settle_says_so_not_that_memory_was_still_moving() -> None:

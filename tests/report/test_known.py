@@ -3,6 +3,7 @@ the verdict with known leaks, and every kind of change between base and head."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -66,6 +67,12 @@ def _result(*findings: Finding, peak: int | None = None, end: int = 0) -> CheckR
     )
 
 
+def test_a_signature_of_any_heap_text_is_a_hash() -> None:
+    group = dataclasses.replace(LRU_GROUP, signature="[/]\udcff")  # a non-UTF-8 file name
+    sig = leak_signature(_leak(MiB, group), "t.py::test_a")
+    assert len(sig.retainer) == 12
+
+
 def test_signature_is_stable_and_readable() -> None:
     one = leak_signature(_leak(4 * MiB, LRU_GROUP, ROPE_GROUP), "t.py::test_a")
     moved = leak_signature(_leak(9 * MiB, ROPE_GROUP, LRU_GROUP, device="cuda:3"), "t.py::test_a")
@@ -122,6 +129,12 @@ def test_globs_match_parametrized_tests() -> None:
     assert apply_known(result, known, test="t.py::test_b[2]").leaked
 
 
+_ENTRY = (
+    '{{"memdiag_known_leaks": 1, "leaks": [{{"test": "x", "kind": "k", "device": "cpu", '
+    '"bytes": "4MiB"{extra}}}]}}'
+)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -137,6 +150,13 @@ def test_globs_match_parametrized_tests() -> None:
             "leaks[0] bytes: 'lots' is not a size",
         ),
         ("{nope", "is not JSON"),
+        (_ENTRY.format(extra=', "roots": 3'), "leaks[0] roots: 3 is not a list of strings"),
+        (_ENTRY.format(extra=', "roots": [1, null]'), "roots: [1, null] is not a list of str"),
+        (_ENTRY.format(extra=', "reason": {"a": 1}'), 'reason: {"a": 1} is not a string'),
+        (_ENTRY.format(extra="").replace('"x"', "5"), "leaks[0] test: 5 is not a string"),
+        (_ENTRY.format(extra="").replace('"4MiB"', str(2**70)), "is more than 1.0 EiB"),
+        (_ENTRY.format(extra="").replace('"4MiB"', "9" * 5000), "not a known-leaks file"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ],
 )
 def test_malformed_known_files_say_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:

@@ -67,3 +67,14 @@ def test_a_driver_only_device_is_stated_in_driver_numbers() -> None:
         "memory within tolerance: gpu:0 -4.0 MiB used by this process since baseline "
         "(tolerance 16.0 MiB)"
     )
+
+
+def test_a_report_edited_to_leaked_without_a_finding_still_has_a_summary() -> None:
+    result = _result(
+        DeviceReading("cpu", allocated=0),
+        DeviceReading("cpu", allocated=0),
+        cheap=True,
+        settle_s=0.0,
+    )
+    edited = CheckResult.from_json({**result.to_json(), "leaked": True})
+    assert edited.summary() == "leaked, but the report lists no leak finding"
