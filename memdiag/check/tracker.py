@@ -686,8 +686,11 @@ class Tracker:
             # Loaded on the first leak only: a passing suite never pays its import.
             from memdiag.retainers.attach import attach_retainers
 
+            leaking = {f.device for f in findings if f.is_leak} & set(assessment.allowances)
             findings, analysis, extra = attach_retainers(
-                findings, record_alloc_stacks=self.record_alloc_stacks
+                findings,
+                record_alloc_stacks=self.record_alloc_stacks,
+                keep_over=min((assessment.allowances[d] for d in leaking), default=None),
             )
             all_notices.extend(extra)
         outcome = self.settle_outcome

@@ -56,6 +56,12 @@ def _outside_advice(group: RetainerGroup) -> str:
     root = group.root_name
     first = group.chain[0] if group.chain else None
     what = first.label if first is not None else ""
+    if root.startswith("atexit callbacks") and what.startswith("arguments of "):
+        fn = what.removeprefix("arguments of ").removeprefix("function ").removeprefix("builtin ")
+        return (
+            f"call `atexit.unregister({_short(fn)})` in shutdown, or pass it no tensors "
+            "(atexit keeps a callback's arguments until the interpreter exits)"
+        )
     if root.startswith("atexit callbacks"):
         fn = what.removeprefix("function ") or "the callback"
         return (
@@ -85,9 +91,9 @@ def _outside_advice(group: RetainerGroup) -> str:
     if group.root_kind == "native" and len(group.chain) > 1 and first is not None:
         held = first.node or first.type_name  # an object nothing in the heap refers to
         return (
-            f"find the native code that keeps {held} alive (a C extension, a hook "
-            "registered from C, an atexit callback's arguments): nothing in the Python "
-            "heap refers to it, and gc.collect() does not free it"
+            f"find the native code that keeps {held} alive (a C extension, a hook or a "
+            "thread registered from C): nothing in the Python heap refers to it, and "
+            "gc.collect() does not free it"
         )
     return ""
 

@@ -221,6 +221,7 @@ def analyze_heap(
     targets: Mapping[int, int],
     *,
     max_groups: int = 20,
+    keep_over: int | None = None,
     ignore: Sequence[IgnoreRule] = (),
     known: Sequence[KnownRetention] = DEFAULT_KNOWN,
     alloc_sites: Mapping[int, str] | None = None,
@@ -233,6 +234,8 @@ def analyze_heap(
     ``threads`` and ``exception`` are the thread stacks and the exception being
     handled, captured where the program runs (:func:`analyze` does that before a
     forked walk, where other threads no longer exist); by default they are read here.
+    At most ``max_groups`` rooted groups are listed, plus every group that holds more
+    than ``keep_over`` bytes (the check's tolerance: each of those alone is a leak).
     """
     start = time.perf_counter()
     target_map = {int(k): int(v) for k, v in targets.items()}
@@ -254,6 +257,7 @@ def analyze_heap(
             start=start,
             torch=torch,
             max_groups=max_groups,
+            keep_over=keep_over,
             ignore=ignore,
             known=known,
             alloc_sites=alloc_sites or {},
@@ -274,6 +278,7 @@ def _analyze(
     start: float,
     torch: Any,
     max_groups: int,
+    keep_over: int | None,
     ignore: Sequence[IgnoreRule],
     known: Sequence[KnownRetention],
     alloc_sites: Mapping[int, str],
@@ -334,6 +339,7 @@ def _analyze(
         native,
         view=view,
         max_groups=max_groups,
+        keep_over=keep_over,
         ignore=ignore,
         known=known,
         alloc_sites=alloc_sites,

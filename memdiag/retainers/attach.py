@@ -15,9 +15,14 @@ __all__ = ["attach_retainers"]
 
 
 def attach_retainers(
-    findings: Sequence[Finding], *, record_alloc_stacks: bool = False
+    findings: Sequence[Finding],
+    *,
+    record_alloc_stacks: bool = False,
+    keep_over: int | None = None,
 ) -> tuple[list[Finding], dict[str, Any], list[str]]:
-    """Run one heap analysis for every leaked storage; give each finding its groups."""
+    """Run one heap analysis for every leaked storage; give each finding its groups.
+
+    ``keep_over``: the tolerance; every group holding more is listed, however many."""
     targets: dict[int, int] = {}
     for finding in findings:
         if finding.is_leak:
@@ -30,7 +35,7 @@ def attach_retainers(
         alloc_sites, site_notices = sites_for(findings)
         notices.extend(site_notices)
     try:
-        report = analyze(targets, alloc_sites=alloc_sites)
+        report = analyze(targets, alloc_sites=alloc_sites, keep_over=keep_over)
     except Exception as exc:  # noqa: BLE001 - the verdict stands without the chains
         return list(findings), {}, [f"retainer analysis failed: {type(exc).__name__}: {exc}"]
     out: list[Finding] = []

@@ -31,7 +31,7 @@ from memdiag.retainers.model import RetainerReport
 from memdiag.retainers.outside import logger_root, outside_note
 from memdiag.retainers.paths import PSEUDO_KINDS, PathForest
 from memdiag.values.retainers import Edge, RetainerGroup
-from memdiag.values.units import format_bytes
+from memdiag.values.units import format_bytes, plural
 
 __all__ = ["assemble", "no_tensor_group", "signature"]
 
@@ -46,8 +46,8 @@ _UNREACHABLE_NOTE = (
 )
 _OUTSIDE_NOTE = (
     "nothing in the Python heap refers to the first object of this chain, yet it is "
-    "alive: native code holds it (a C extension, a hook registered from C, the arguments "
-    "of an atexit callback); gc.collect() does not free it"
+    "alive: native code holds it (a C extension, a hook or a thread registered from C); "
+    "gc.collect() does not free it"
 )
 _NATIVE_NOTE = (
     "no Python object refers to these tensors: they are held from native code (a C++ "
@@ -234,6 +234,7 @@ def assemble(
     *,
     view: HeapView,
     max_groups: int,
+    keep_over: int | None = None,
     ignore: Sequence[IgnoreRule],
     known: Sequence[KnownRetention],
     alloc_sites: Mapping[int, str],
@@ -284,12 +285,24 @@ def assemble(
         (g for g in kept if g.root_kind in ("unreachable", "native")), key=size_order
     )
     if len(rooted_kept) > max_groups:
-        rest = rooted_kept[max_groups:]
-        rooted_kept = rooted_kept[:max_groups]
-        notes.append(
-            f"{len(rest)} more groups retain {format_bytes(sum(g.retained_bytes for g in rest))} "
-            f"in {sum(g.tensor_count for g in rest)} tensors; raise max_groups to list them"
-        )
+        # Every group holding more than the tolerance is kept: the cap only drops
+        # groups that alone would not fail a check.
+        beyond = rooted_kept[max_groups:]
+        over = [g for g in beyond if keep_over is not None and g.retained_bytes > keep_over]
+        rest = [g for g in beyond if not (keep_over is not None and g.retained_bytes > keep_over)]
+        rooted_kept = rooted_kept[:max_groups] + over
+        if rest:
+            if keep_over is not None:
+                each = f", each holding at most the tolerance ({format_bytes(keep_over)}),"
+                listed = f"the {max_groups} biggest and every one over the tolerance"
+            else:
+                each, listed = "", f"the {max_groups} biggest"
+            notes.append(
+                f"{plural(len(rest), 'more group')}{each} retain "
+                f"{format_bytes(sum(g.retained_bytes for g in rest))} in "
+                f"{plural(sum(g.tensor_count for g in rest), 'tensor')}; not listed "
+                f"(the analysis lists {listed})"
+            )
     if view.frozen_ids and any(g.root_kind == "frozen" for g in rooted_kept):
         notes.append(_FROZEN_NOTE.format(n=len(view.frozen_ids)))
     return RetainerReport(
@@ -305,10 +318,11 @@ def assemble(
 
 
 def _fold_empty(groups: list[RetainerGroup]) -> list[RetainerGroup]:
-    """Pseudo-rooted groups (an unreachable cycle, native code, gc.freeze()) whose every
-    storage was credited to an earlier group hold no bytes of their own: instead of an
-    empty "0 B" group, their holder joins that group's other roots (it keeps a view of
-    the storage, so cutting the named root alone frees nothing)."""
+    """Groups whose every storage was credited to an earlier group (a second root
+    holding views of the first one's storage; an unreachable cycle, native code or
+    gc.freeze() keeping a view) hold no bytes of their own: instead of an empty "0 B"
+    group, their root joins that group's other roots (cutting the named root alone
+    frees nothing)."""
     owner: dict[int, int] = {}
     for index, group in enumerate(groups):
         if group.storage_count:
@@ -317,8 +331,8 @@ def _fold_empty(groups: list[RetainerGroup]) -> list[RetainerGroup]:
     extra_roots: dict[int, list[str]] = {}
     kept: list[int] = []
     for index, group in enumerate(groups):
-        if group.storage_count or not group.storage_keys or group.root_kind not in PSEUDO_KINDS:
-            kept.append(index)  # a root's views of another's storages stay listed
+        if group.storage_count or not group.storage_keys:
+            kept.append(index)
             continue
         target = owner.get(group.storage_keys[0])
         if target is None:

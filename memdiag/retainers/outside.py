@@ -10,9 +10,12 @@ see holds it.  Several such holders can be named exactly, without changing them:
 - signal handlers installed with ``signal.signal``;
 - the ``sys.settrace`` / ``sys.setprofile`` functions.
 
-Anything else is "native code" (a C extension, a hook registered from C, the
-arguments of an atexit callback).  None of these is an unreachable cycle that
-``gc.collect()`` would free, and the advice says what does free them.
+- the arguments of an atexit callback (found by unregistering the callbacks one by
+  one in a forked child and seeing which tuple or dict loses a reference).
+
+Anything else is "native code" (a C extension, a hook registered from C).  None of
+these is an unreachable cycle that ``gc.collect()`` would free, and the advice says
+what does free them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import gc
 import signal
 import sys
 import threading
-from collections.abc import Container
+import types
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 from memdiag.heap.view import HeapError, call_in_fork
@@ -154,13 +158,76 @@ def atexit_callback_ids(*, in_child: bool) -> frozenset[int]:
         return frozenset()
 
 
-class OutsideHolders:
-    """Names objects kept alive from outside the Python heap, read once per analysis."""
+ARGUMENTS = "arguments of "
+"""Label of an atexit callback's argument tuple or keyword dict on a chain."""
 
-    def __init__(self, *, in_child: bool) -> None:
+
+def _atexit_arguments(candidates: list[object]) -> dict[int, str]:
+    """In a forked child: which of ``candidates`` (tuples and dicts nothing in the
+    heap refers to) are the arguments of an atexit callback, and of which one.
+
+    atexit keeps each callback's arguments in C, where no referrer search sees them.
+    Unregistering one callback at a time drops atexit's reference to its argument
+    tuple and keyword dict: the candidates whose reference count falls are those."""
+    ids = _atexit_ids()
+    if not ids:
+        return {}
+    gc.unfreeze()  # the child's own heap: callbacks frozen by the program are listed too
+    wanted = set(ids)
+    found = {id(o): o for o in gc.get_objects() if id(o) in wanted}
+    callbacks = [found[i] for i in dict.fromkeys(ids) if i in found]
+    counts = [sys.getrefcount(c) for c in candidates]
+    owners: dict[int, str] = {}
+    for callback in callbacks:
+        try:
+            atexit.unregister(callback)
+        except Exception:  # noqa: BLE001 - a callback's own __eq__ raised
+            continue
+        now = [sys.getrefcount(c) for c in candidates]
+        for candidate, before, after in zip(candidates, counts, now, strict=True):
+            if after < before:
+                owners.setdefault(id(candidate), _callback_text(callback))
+        counts = now
+    return owners
+
+
+def _callback_text(callback: object) -> str:
+    """``function save``; a builtin by its name (``builtin print``), not its type."""
+    if type(callback) is types.BuiltinFunctionType:
+        name = callback.__name__
+        return f"builtin {name}" if type(name) is str else node_text(callback)
+    return node_text(callback)
+
+
+class OutsideHolders:
+    """Names objects kept alive from outside the Python heap, read once per analysis.
+
+    ``unreferenced()``: the tuples and dicts of the searched graph that nothing in the
+    heap refers to (asked once, when the first one needs a name): atexit may hold them
+    as a callback's arguments."""
+
+    def __init__(
+        self, *, in_child: bool, unreferenced: Callable[[], list[object]] | None = None
+    ) -> None:
         self._in_child = in_child
         self._callables: dict[int, str] | None = None
         self._atexit: frozenset[int] | None = None
+        self._unreferenced = unreferenced
+        self._arguments: dict[int, str] | None = None
+
+    def _argument_owner(self, obj: object) -> str | None:
+        if self._arguments is None:
+            self._arguments = {}
+            counter = getattr(atexit, "_ncallbacks", None)
+            if self._unreferenced is not None and not (callable(counter) and counter() == 0):
+                candidates = self._unreferenced()
+                try:
+                    self._arguments = call_in_fork(
+                        lambda: _atexit_arguments(candidates), timeout=30.0
+                    )
+                except (HeapError, OSError):
+                    self._arguments = {}
+        return self._arguments.get(id(obj))
 
     def _named_callables(self) -> dict[int, str]:
         if self._callables is None:
@@ -186,6 +253,11 @@ class OutsideHolders:
         (a context's variables are named by the one whose value is among them)."""
         if type(obj) is contextvars.Context:
             return self._context(obj, inside)
+        if type(obj) is tuple or type(obj) is dict:
+            owner = self._argument_owner(obj)
+            if owner is not None:
+                return OutsideRoot(ATEXIT, ATEXIT, f"{ARGUMENTS}{owner}", obj)
+            return None
         if not callable(obj):
             return None
         named = self._named_callables().get(id(obj))

@@ -231,10 +231,19 @@ class PathForest:
         signal or trace hook), else native code when nothing in the heap refers to it,
         else the gc-frozen generation or an unreachable cycle.  Returns the holders
         nothing refers to."""
-        outside = OutsideHolders(in_child=in_child)
         native: list[int] = []
         parents = self.parents()
         nodes = self.graph.nodes
+
+        def unreferenced() -> list[object]:
+            return [
+                obj
+                for node, obj in nodes.items()
+                if (type(obj) is tuple or type(obj) is dict)
+                and not any(p in nodes for p in parents.get(node, ()))
+            ]
+
+        outside = OutsideHolders(in_child=in_child, unreferenced=unreferenced)
         holders = [h for h in self.graph.holders if h not in self.claim]
         holders.sort(
             key=lambda h: (-self.targets.get(self.graph.holders[h], 0), qualname(type(nodes[h])))
