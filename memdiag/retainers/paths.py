@@ -79,6 +79,16 @@ _STRUCTURAL = (dict, list, tuple, set, frozenset, types.CellType, types.MappingP
 # Membership by id(): ``tp in (dict, ...)`` runs a metaclass' __eq__ (the program's code).
 _LONG_LIVED_IDS = frozenset(id(t) for t in _LONG_LIVED)
 _STRUCTURAL_IDS = frozenset(id(t) for t in _STRUCTURAL)
+def _through_globals(parent: object, child: object) -> bool:
+    """``parent`` reaches ``child`` only as its module's namespace: a function's
+    ``__globals__`` or a frame's ``f_globals`` / ``f_builtins``."""
+    if type(parent) is types.FunctionType:
+        return parent.__globals__ is child
+    if type(parent) is types.FrameType:
+        return parent.f_globals is child or parent.f_builtins is child
+    return False
+
+
 _INDEX = re.compile(r"\[[^\]]*\]|\(key [^)]*\)")
 _LINE = re.compile(r":\d+\)")
 PSEUDO_KINDS = ("frozen", "unreachable", "native")
@@ -420,10 +430,13 @@ class PathForest:
         roots = self.graph.roots
         seen = {node}
         queue = deque([node])
+        nodes = self.graph.nodes
         while queue:
             current = queue.popleft()
             for parent in parents.get(current, ()):
                 if parent not in seen and parent not in roots:
+                    if _through_globals(nodes.get(parent), nodes.get(current)):
+                        continue  # a function of the module is no holder of its globals
                     seen.add(parent)
                     # Every logger reaches every other through logging's manager: the
                     # roots above a logger are not roots of what is stored on it.

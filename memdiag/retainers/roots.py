@@ -65,9 +65,14 @@ class Seed:
     owner: object
 
 
+_PACKAGE = os.path.dirname(_HERE)
+
+
 def _is_own(frame: types.FrameType) -> bool:
+    """A frame of memdiag's own code (the runner holding the finished program's
+    module, the check, this analysis): bookkeeping, never a holder to name."""
     filename = os.path.abspath(frame.f_code.co_filename)
-    return filename.startswith(_HERE + os.sep) or filename == _HEAP_FILE
+    return filename.startswith(_PACKAGE + os.sep) or filename == _HEAP_FILE
 
 
 def own_frame_ids() -> set[int]:
