@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import gc
+import operator
 import sys
 import threading
 import types
@@ -33,19 +34,36 @@ _MISSING = object()
 # sys's hooks memdiag calls on purpose (the program's excepthook runs on its failure)
 # and its streams (memdiag writes to the streams it captured itself).
 _SYS_KEEP = frozenset({"excepthook", "displayhook", "breakpointhook", "unraisablehook"})
-_EXTRA_MODULES = ("builtins", "sys", "gc", "os", "posixpath", "time", "io", "json")
+_USED = (
+    "argparse atexit bisect collections collections.abc contextlib contextvars ctypes "
+    "dataclasses decimal enum errno fnmatch functools gc hashlib html importlib "
+    "importlib.machinery importlib.util inspect io itertools json json.decoder "
+    "json.encoder marshal math multiprocessing os posixpath pathlib pickle re runpy "
+    "secrets select shutil signal stat subprocess sys tempfile threading time traceback "
+    "types typing warnings weakref xml.etree.ElementTree zipfile"
+).split()
+"""The standard-library modules memdiag's code calls into (its imports): their
+functions are what a program's replacement would break.  Restoring every module of
+the process would cost milliseconds per pytest check."""
 MIN_RECURSION = 1000
 """The recursion limit memdiag's own code runs under at least."""
 
 
-def _stdlib_names() -> frozenset[str]:
-    names = getattr(sys, "stdlib_module_names", None)
-    return frozenset(names) if names else frozenset(_EXTRA_MODULES)
+def _ours(name: str) -> bool:
+    return name in _USED_SET or name.partition(".")[0] in ("memdiag", "rich", "memdiag_pytest")
 
 
-def _ours(name: str, stdlib: frozenset[str]) -> bool:
-    top = name.partition(".")[0]
-    return top in stdlib or top in ("memdiag", "rich", "_pytest", "pytest", "pluggy")
+_USED_SET = frozenset(_USED)
+
+
+_all, _map, _zip, _is = all, map, zip, operator.is_
+"""Bound at import: the program may replace the builtins by the time they are needed."""
+
+
+def _entry(
+    space: dict[str, Any], captured: dict[str, Any]
+) -> tuple[dict[str, Any], tuple[str, ...], tuple[Any, ...]]:
+    return space, tuple(captured), tuple(captured.values())
 
 
 def _captured(module: types.ModuleType, name: str) -> dict[str, Any]:
@@ -67,13 +85,15 @@ class InterpreterState:
     """What memdiag's code relies on, captured before the program runs."""
 
     def __init__(self) -> None:
-        stdlib = _stdlib_names()
-        self._modules = dict(sys.modules)
-        self._namespaces: list[tuple[types.ModuleType, dict[str, Any]]] = []
-        for name, module in self._modules.items():
-            if isinstance(module, types.ModuleType) and name != "builtins" and _ours(name, stdlib):
-                self._namespaces.append((module, _captured(module, name)))
-        self._builtins = dict(builtins.__dict__)
+        modules = {name: m for name, m in sys.modules.items() if _ours(name)}
+        modules.pop("__main__", None)  # the runner's to swap
+        self._spaces: list[tuple[dict[str, Any], tuple[str, ...], tuple[Any, ...]]] = [
+            _entry(builtins.__dict__, dict(builtins.__dict__)),
+            _entry(sys.modules, modules),
+        ]
+        for name, module in modules.items():
+            if isinstance(module, types.ModuleType) and name in _USED_SET:
+                self._spaces.append(_entry(module.__dict__, _captured(module, name)))
         self._recursion = sys.getrecursionlimit()
         self._path = list(sys.path)
         self._found_hooks = (sys.gettrace(), sys.getprofile(), _thread_hooks())
@@ -89,23 +109,13 @@ class InterpreterState:
         return _Restored(self)
 
     def _put_back(self, undo: list[Callable[[], None]]) -> None:
-        # Builtins first, with statements only: until they are back, calling
-        # len(), getattr() or isinstance() may run the program's replacements.
-        space = builtins.__dict__
-        for key, value in self._builtins.items():
-            now = space.get(key, _MISSING)
-            if now is not value:
-                space[key] = value
-                undo.append(_restore_item(space, key, now))
-        modules = sys.modules
-        for name, module in self._modules.items():
-            now = modules.get(name, _MISSING)
-            if now is not module and name != "__main__":  # the runner's to swap
-                modules[name] = module
-                undo.append(_restore_item(modules, name, now))
-        for module, namespace in self._namespaces:
-            space = vars(module)
-            for key, value in namespace.items():
+        # Builtins first.  Only names bound in this module are called until they are
+        # back (len(), getattr(), map() may be the program's replacements by now); an
+        # unchanged namespace costs one pass at C speed.
+        for space, keys, values in self._spaces:
+            if _all(_map(_is, _map(space.get, keys), values)):
+                continue
+            for key, value in _zip(keys, values):
                 now = space.get(key, _MISSING)
                 if now is not value:
                     space[key] = value

@@ -79,6 +79,8 @@ _STRUCTURAL = (dict, list, tuple, set, frozenset, types.CellType, types.MappingP
 # Membership by id(): ``tp in (dict, ...)`` runs a metaclass' __eq__ (the program's code).
 _LONG_LIVED_IDS = frozenset(id(t) for t in _LONG_LIVED)
 _STRUCTURAL_IDS = frozenset(id(t) for t in _STRUCTURAL)
+
+
 def _through_globals(parent: object, child: object) -> bool:
     """``parent`` reaches ``child`` only as its module's namespace: a function's
     ``__globals__`` or a frame's ``f_globals`` / ``f_builtins``."""

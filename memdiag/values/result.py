@@ -79,6 +79,11 @@ class DeviceCheck:
                 grown = format_bytes(after - before, signed=True)
                 limit = format_bytes(self.allowance if allowance else self.driver_allowance)
                 return f"{self.device} {grown} {what} since baseline (tolerance {limit})"
+        if self.final.extra.get("gated"):
+            return (
+                f"{self.device} (host memory counters within the tolerance, "
+                f"{format_bytes(self.allowance)}, since baseline: no heap walk needed)"
+            )
         return self.device
 
     def to_json(self) -> dict[str, Any]:

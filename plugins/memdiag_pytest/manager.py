@@ -40,6 +40,7 @@ from _pytest.runner import runtestprotocol
 
 from memdiag.backends.registry import Selection
 from memdiag.check.exclusion import Exclusion
+from memdiag.check.interpreter import InterpreterState
 from memdiag.check.peaks import PeakViolation, peak_violations
 from memdiag.check.series import CheckSeries
 from memdiag.check.tracker import Tracker
@@ -80,6 +81,7 @@ class LeakCheckManager:
         self.scope = "function" if only_marked else settings.scope
         self.series = CheckSeries(selection, record_alloc_stacks=settings.alloc_stacks)
         self._pid = os.getpid()
+        self._interpreter = InterpreterState()
         self._run: CheckRun | None = None
         self._test: TestState | None = None
         self._deferring = False
@@ -353,7 +355,8 @@ class LeakCheckManager:
         if run is None or run.tracker is None or run.result is not None:
             return
         drop_test_references(test.item)
-        run.result = self._check(run)
+        with self._interpreter.restored():  # as in _finish
+            run.result = self._check(run)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -368,7 +371,11 @@ class LeakCheckManager:
             return report
         self._test = None
         try:
-            self._finish(test, report)
+            # A test may leave sys.modules["gc"] replaced, builtins None, a recursion
+            # limit of 60: the check and its report run in the interpreter the session
+            # started with (the test's state is put back after).
+            with self._interpreter.restored():
+                self._finish(test, report)
         finally:
             if test.run is not None and (test.run.scope == "function" or test.unit_ends):
                 self._close_run()

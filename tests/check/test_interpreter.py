@@ -20,7 +20,7 @@ def _replaced_len(obj: object) -> int:
 
 def test_replaced_builtins_and_stdlib_functions_are_real_inside_then_the_programs() -> None:
     state = InterpreterState()
-    real_len, real_sleep = builtins.len, time.sleep
+    real_len, real_sleep, real_getattr = builtins.len, time.sleep, builtins.getattr
     builtins.len = _replaced_len
     del builtins.getattr  # type: ignore[attr-defined]
     time.sleep = None  # type: ignore[assignment]
@@ -34,7 +34,7 @@ def test_replaced_builtins_and_stdlib_functions_are_real_inside_then_the_program
         assert time.sleep is None
     finally:
         builtins.len, time.sleep = real_len, real_sleep
-        builtins.getattr = state._builtins["getattr"]  # type: ignore[attr-defined]
+        builtins.getattr = real_getattr
 
 
 def test_sys_modules_entries_are_put_back_for_the_block_only() -> None:

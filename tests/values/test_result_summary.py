@@ -78,3 +78,12 @@ def test_a_report_edited_to_leaked_without_a_finding_still_has_a_summary() -> No
     )
     edited = CheckResult.from_json({**result.to_json(), "leaked": True})
     assert edited.summary() == "leaked, but the report lists no leak finding"
+
+
+def test_a_cpu_reading_the_host_counters_let_through_says_so() -> None:
+    gated = DeviceReading("cpu", allocated=None, extra={"gated": True})
+    result = _result(DeviceReading("cpu", allocated=0), gated, cheap=True, settle_s=0.0)
+    assert result.summary() == (
+        "memory within tolerance: cpu (host memory counters within the tolerance, 1.0 MiB, "
+        "since baseline: no heap walk needed)"
+    )
