@@ -20,9 +20,9 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from memdiag.report.base import write_report
 from memdiag.report.known import LeakRecord, known_records, leak_records
 from memdiag.values.result import SCHEMA_VERSION, CheckResult
 from memdiag.values.units import format_bytes
@@ -407,18 +407,19 @@ def write_session(
     return report
 
 
+class _SessionJson:
+    def __init__(self, report: SessionReport) -> None:
+        self.report = report
+
+    def render(self, file: TextIO) -> None:
+        file.write(json.dumps(self.report.to_json(), indent=1, sort_keys=True, default=str) + "\n")
+
+
 def write_session_report(report: SessionReport, path: str | os.PathLike[str]) -> None:
-    """Write ``report`` as JSON, atomically."""
-    target = Path(path)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(
-            json.dumps(report.to_json(), indent=1, sort_keys=True, default=str) + "\n",
-            encoding="utf-8",
-        )
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``report`` as JSON, atomically, as every report is written: through a
+    symlink (the link stays), in place on a device or FIFO (``/dev/stdout``; a
+    ``/dev/full`` device was replaced by a regular file)."""
+    write_report(_SessionJson(report), os.fspath(path))
 
 
 def merge_sessions(reports: Sequence[tuple[str, SessionReport]]) -> SessionReport:

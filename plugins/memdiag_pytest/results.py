@@ -43,6 +43,7 @@ class ResultsCollector:
     def __init__(self, config: pytest.Config, *, json_path: Path | None, header: str) -> None:
         self.config = config
         self.json_path = json_path
+        self.json_error: str | None = None
         self.header = header
         self.notices: list[str] = []
         self.checked = 0
@@ -116,7 +117,16 @@ class ResultsCollector:
         # Only here, with the report asked for: memdiag (not torch) on the reporting side.
         from memdiag.report.session import write_session
 
-        write_session(self.json_path, self.entries(), settings=self.header, notices=self.notices)
+        try:
+            write_session(
+                self.json_path, self.entries(), settings=self.header, notices=self.notices
+            )
+        except OSError as exc:  # a full disk, /dev/full, a directory removed meanwhile
+            self.json_error = (
+                f"cannot write --gpu-leak-json {self.json_path}: {exc.strerror or exc}"
+            )
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
     def pytest_unconfigure(self) -> None:
         if self._spool is not None:
@@ -177,5 +187,7 @@ class ResultsCollector:
         for entry in over_peak:
             for text in entry["peak_failures"]:
                 tr.write_line(f"  over budget  {entry['nodeid']}: {text}", red=True)
-        if self.json_path is not None:
+        if self.json_error is not None:
+            tr.write_line(f"memdiag: {self.json_error}", red=True, bold=True)
+        elif self.json_path is not None:
             tr.write_line(f"memdiag: JSON report written to {self.json_path}")
