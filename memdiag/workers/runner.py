@@ -25,7 +25,10 @@ import importlib.util
 import io
 import os
 import runpy
+import select
+import stat
 import sys
+import time
 import types
 import zipfile
 from collections.abc import Callable
@@ -327,7 +330,7 @@ def _prepare_script(value: str, args: list[str], module: types.ModuleType, run: 
     if not path.exists():
         raise ScriptNotFound(f"script not found: {value}{_module_hint(value)}")
     try:
-        source = path.read_bytes()
+        source = _read_script(path, value)
     except OSError as exc:
         raise TargetError(f"cannot read {value}: {exc.strerror or exc}") from None
     file = value if os.path.isabs(value) else os.path.join(os.getcwd(), value)
@@ -349,6 +352,48 @@ def _prepare_script(value: str, args: list[str], module: types.ModuleType, run: 
             raise TargetError(f"{value} is not a Python script or compiled module")
         return lambda: code
     return _compile_later(source, file)
+
+
+PIPE_WAIT_S = 30.0
+"""How long a script that is a pipe or FIFO may keep memdiag waiting for its first bytes."""
+
+
+def _read_script(path: Path, value: str) -> bytes:
+    """The script's bytes.  A pipe (``memdiag run <(...)``) or FIFO is read as Python
+    reads it, but a FIFO nobody writes to would block forever: after
+    :data:`PIPE_WAIT_S` seconds without a byte it is refused."""
+    if stat.S_ISREG(path.stat().st_mode):
+        return path.read_bytes()
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + PIPE_WAIT_S
+        while True:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TargetError(
+                    f"{value} is not a regular file and nothing came from it in "
+                    f"{PIPE_WAIT_S:g} s (a FIFO nobody writes to?)"
+                )
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                if chunks:
+                    return b"".join(chunks)
+                if time.monotonic() >= deadline:
+                    raise TargetError(
+                        f"{value} is not a regular file and nothing came from it in "
+                        f"{PIPE_WAIT_S:g} s (a FIFO nobody writes to?)"
+                    )
+                # No writer has opened it yet (EOF on an unopened FIFO): wait for one.
+                time.sleep(0.05)
+                continue
+            chunks.append(chunk)
+            deadline = time.monotonic() + PIPE_WAIT_S
+    finally:
+        os.close(fd)
 
 
 def _compile_later(source: bytes | str, file: str) -> _Code:
