@@ -223,10 +223,14 @@ def session_entry(
     peak_failures: Sequence[str] = (),
     overhead_s: float = 0.0,
     keep_result: bool = False,
+    numbers: bool = True,
 ) -> TestEntry:
     """The entry for one finished check (``result`` ``None``: only a peak budget was
     checked).  The full result is kept when the test leaked, carried a known leak or
-    went over a peak budget, or when ``keep_result`` asks for it."""
+    went over a peak budget, or when ``keep_result`` asks for it.  ``numbers`` false
+    (nothing will read the per-device numbers: no JSON report, no JUnit file): a clean
+    check without known leaks or peak failures gets what the summary counts only, and
+    costs no words or per-device figures on the passing path."""
     if result is None:
         return TestEntry(
             nodeid=nodeid,
@@ -236,6 +240,18 @@ def session_entry(
             leaked=False,
             bytes=0,
             peak_failures=tuple(peak_failures),
+            unit_label=unit_label,
+        )
+    if not numbers and not result.leaked and not peak_failures and not known_records(result):
+        return TestEntry(
+            nodeid=nodeid,
+            unit=unit,
+            scope=scope,
+            checked=True,
+            leaked=False,
+            bytes=0,
+            cheap=result.cheap,
+            overhead_s=overhead_s,
             unit_label=unit_label,
         )
     top = max(result.leaks, key=lambda f: f.nbytes) if result.leaked else None

@@ -44,38 +44,14 @@ def attach_payload(
     report is on, so keep the whole result of a check that did more than read counters
     (settled, walked the heap, recorded phases); ``junit``: ``--junitxml`` is on, so add
     the numbers to ``teardown``'s ``user_properties`` (they are also returned).  A clean
-    check on the cheap path carries its per-device numbers and nothing else.
+    check on the cheap path carries its per-device numbers when a report reads them
+    (JSON report, JUnit), else only what the summary counts.
     """
     if result is None and not peaks:
         return []
-    if (
-        result is not None
-        and not result.leaked
-        and not peaks
-        and not full_result
-        and not junit
-        and "known_leaks" not in result.analysis
-    ):
-        # Nothing will read this check's numbers (no JSON report, no JUnit): what the
-        # summary counts is all it carries, built without a report entry.
-        setattr(
-            teardown,
-            PAYLOAD,
-            {
-                "nodeid": teardown.nodeid,
-                "unit": unit,
-                "scope": scope,
-                "checked": True,
-                "leaked": False,
-                "cheap": result.cheap,
-                "overhead_s": overhead_s,
-            },
-        )
-        return []
     leaked = result is not None and result.leaked
-    # The summary's words load rich: only a failing check needs them.
-    from memdiag.report.summary import held_by, signature
-
+    if leaked:  # the summary's words load rich: only a failing check needs them
+        from memdiag.report.summary import held_by, signature
     top = max(result.leaks, key=lambda f: f.nbytes) if result is not None and leaked else None
     entry = session_entry(
         result,
@@ -91,6 +67,7 @@ def attach_payload(
         keep_result=full_result
         and result is not None
         and (not result.cheap or bool(result.phases)),
+        numbers=full_result or junit,
     )
     # Plain JSON data: it crosses the xdist and --forked process boundaries.
     setattr(teardown, PAYLOAD, entry.to_json())
