@@ -50,12 +50,12 @@ class CheckSeries:
         self._at_refresh: dict[str, DeviceReading] = {}
         self._previous: dict[str, DeviceReading] | None = None
         """The last check's final readings when it passed on counters alone: the next
-        baseline takes them where the counters have not moved since."""
+        baseline takes them where the counters have not moved since (never after a
+        refresh: whatever makes the ledger stale makes them stale too)."""
 
     def mark_stale(self) -> None:
         """Memory was allocated outside the series' checks: refresh before the next baseline."""
         self._stale = True
-        self._previous = None
 
     def start(
         self,
@@ -141,7 +141,6 @@ class CheckSeries:
         self.ledger.clear()
         self._at_refresh = {}
         self._stale = True
-        self._previous = None
 
 
 def _nothing_allocated(readings: Mapping[str, DeviceReading]) -> bool:
