@@ -14,6 +14,15 @@ captured entries back for the duration of memdiag's check and reports, and then 
 the program's own values back: the program is not changed (its atexit handlers, run
 after the check, see what it set).  Only what changed is touched, so the cost is one
 identity comparison per captured entry.
+
+A pytest check runs once per test, and most pass on counters alone: ``restored(lazy=True)``
+puts back the builtins, ``sys.modules`` and the few standard modules that path calls
+into (:data:`_CORE`), and the rest only when :func:`widen` is called (the check goes past
+its counters, or a failure is described), which halves the cost of a clean check's
+restore.  Hooks a test runner swaps around every test (``threading.excepthook``,
+``warnings``' display functions) are left as found, like ``sys``'s hooks: they are the
+program's, and putting pytest's warning recorder aside would print a warning the
+check raises instead of recording it.
 """
 
 from __future__ import annotations
@@ -28,12 +37,17 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-__all__ = ["InterpreterState"]
+__all__ = ["InterpreterState", "widen"]
 
 _MISSING = object()
-# sys's hooks memdiag calls on purpose (the program's excepthook runs on its failure)
-# and its streams (memdiag writes to the streams it captured itself).
-_SYS_KEEP = frozenset({"excepthook", "displayhook", "breakpointhook", "unraisablehook"})
+_KEEP = {
+    # sys's hooks memdiag calls on purpose (the program's excepthook runs on its failure)
+    "sys": frozenset({"excepthook", "displayhook", "breakpointhook", "unraisablehook"}),
+    # swapped by test runners around every test (pytest's thread-exception and
+    # warning capture): the program's hooks, as sys's are
+    "threading": frozenset({"excepthook"}),
+    "warnings": frozenset({"showwarning", "_showwarnmsg_impl"}),
+}
 _USED = (
     "argparse atexit bisect collections collections.abc contextlib contextvars ctypes "
     "dataclasses decimal enum errno fnmatch functools gc hashlib html importlib "
@@ -47,6 +61,17 @@ functions are what a program's replacement would break.  Restoring every module 
 the process would cost milliseconds per pytest check."""
 MIN_RECURSION = 1000
 """The recursion limit memdiag's own code runs under at least."""
+
+
+_CORE = frozenset(
+    (
+        "collections collections.abc contextlib dataclasses enum functools gc itertools json "
+        "json.decoder json.encoder os posixpath signal sys threading time types weakref"
+    ).split()
+)
+"""The standard-library modules a check that passes on its counters calls into (with
+the builtins and ``sys.modules``), and json (the JSON report's spool writes a line per
+test): what ``restored(lazy=True)`` puts back at once."""
 
 
 def _ours(name: str) -> bool:
@@ -85,8 +110,9 @@ def _captured(module: types.ModuleType, name: str) -> dict[str, Any]:
     except TypeError:
         return {}
     keep = {}
+    left = _KEEP.get(name, frozenset())
     for key, value in namespace.items():
-        if name == "sys" and key in _SYS_KEEP:
+        if key in left:
             continue
         if isinstance(value, (types.ModuleType, type)) or callable(value):
             keep[key] = value
@@ -99,32 +125,44 @@ class InterpreterState:
     def __init__(self) -> None:
         modules = {name: m for name, m in sys.modules.items() if _ours(name)}
         modules.pop("__main__", None)  # the runner's to swap
-        self._spaces: list[_Entry] = [
+        self._core: list[_Entry] = [
             _entry(builtins.__dict__, dict(builtins.__dict__)),
             _entry(sys.modules, modules),
         ]
+        self._rest: list[_Entry] = []
         for name, module in modules.items():
             if isinstance(module, types.ModuleType) and name in _USED_SET:
-                self._spaces.append(_entry(module.__dict__, _captured(module, name)))
+                tier = self._core if name in _CORE else self._rest
+                tier.append(_entry(module.__dict__, _captured(module, name)))
         self._recursion = sys.getrecursionlimit()
         self._path = list(sys.path)
         self._found_hooks = (sys.gettrace(), sys.getprofile(), _thread_hooks())
 
-    def restored(self) -> _Restored:
+    def restored(self, *, lazy: bool = False) -> _Restored:
         """The captured interpreter for a ``with`` block; the program's own values after.
+
+        ``lazy``: put back the builtins, ``sys.modules`` and :data:`_CORE` now, the other
+        standard modules when :func:`widen` is called inside the block.
 
         Also for the block: no ``gc.callbacks``, no trace or profile function (for
         this thread and new threads), a recursion limit of at least
         :data:`MIN_RECURSION`, and the import path memdiag started with (kept after
         the block: a program's own directory first on it could shadow what memdiag
         imports).  ``sys.modules["__main__"]`` is the runner's to swap."""
-        return _Restored(self)
+        return _Restored(self, lazy)
 
-    def _put_back(self, undo: list[Callable[[], None]]) -> None:
+    def _put_back(self, undo: list[Callable[[], None]], *, lazy: bool) -> None:
+        self._put_back_spaces(self._core, undo)
+        if not lazy:
+            self._put_back_spaces(self._rest, undo)
+        self._put_back_rest(undo)
+
+    @staticmethod
+    def _put_back_spaces(spaces: list[_Entry], undo: list[Callable[[], None]]) -> None:
         # Builtins first.  Only names bound in this module are called until they are
         # back (len(), getattr(), map() may be the program's replacements by now); an
         # unchanged namespace costs one pass at C speed.
-        for space, keys, values, getter in self._spaces:
+        for space, keys, values, getter in spaces:
             try:
                 # Equal tuples: every value is the captured object (identity is tested
                 # first; a value that differs makes the names be compared one by one).
@@ -141,6 +179,8 @@ class InterpreterState:
                 if now is not value:
                     space[key] = value
                     undo.append(_restore_item(space, key, now))
+
+    def _put_back_rest(self, undo: list[Callable[[], None]]) -> None:
         callbacks = list(gc.callbacks)
         if callbacks:
             gc.callbacks.clear()
@@ -192,17 +232,37 @@ def _restore_item(space: dict[str, Any], key: str, value: object) -> Callable[[]
     return undo
 
 
+_OPEN: list[_Restored] = []
+"""The ``restored()`` blocks open now, innermost last."""
+
+
+def widen() -> None:
+    """Put back the rest of the interpreter in the innermost ``restored(lazy=True)``
+    block (a no-op outside one, or when it is already whole): called before a check
+    goes past its counters, and before a failure is described."""
+    if _OPEN:
+        _OPEN[-1]._widen()
+
+
 class _Restored:
     """``with state.restored():`` -- a plain class: contextlib itself calls builtins."""
 
-    def __init__(self, state: InterpreterState) -> None:
+    def __init__(self, state: InterpreterState, lazy: bool = False) -> None:
         self._state = state
+        self._lazy = lazy
         self._undo: list[Callable[[], None]] = []
 
     def __enter__(self) -> None:
         """Puts back what is not back yet: entering again (after a signal handler of
         the program raised into the first entry) resumes."""
-        self._state._put_back(self._undo)
+        if not _OPEN or _OPEN[-1] is not self:
+            _OPEN.append(self)
+        self._state._put_back(self._undo, lazy=self._lazy)
+
+    def _widen(self) -> None:
+        if self._lazy:
+            self._state._put_back_spaces(self._state._rest, self._undo)
+            self._lazy = False
 
     def __exit__(
         self,
@@ -211,6 +271,8 @@ class _Restored:
         tb: TracebackType | None,
     ) -> None:
         undo, self._undo = self._undo, []
+        if _OPEN and _OPEN[-1] is self:
+            _OPEN.pop()
         if exc is not None:
             # memdiag failed: its error message is written next, in this interpreter;
             # the process ends right after it.

@@ -28,6 +28,7 @@ from memdiag.backends.base import BackendUnavailable
 from memdiag.backends.registry import Selection, select
 from memdiag.check.accounting import account_devices
 from memdiag.check.classify import Assessment, assess, classify, to_account
+from memdiag.check.interpreter import widen
 from memdiag.check.settle import SettleOutcome, poll_until_settled, settle_clock
 from memdiag.check.signals import deferred_signals
 from memdiag.heap.census import Census, StorageLedger, ledger_deaths, new_storage_bytes, take_census
@@ -405,6 +406,7 @@ class Tracker:
         """The CPU reading when the gate tripped on a shared ledger: one walk that sizes
         the live CPU storages and records them all, so that the series can take it as
         its ledger's refresh if the check passes (:attr:`walked`), not walk again."""
+        widen()
         fresh = StorageLedger()
         fresh.refresh()
         self.walked = fresh
@@ -438,6 +440,7 @@ class Tracker:
                     break  # a baseline keeps only what private pools hold
                 if found is not None:
                     if any(r > a for r, a in found["private"].values()):
+                        widen()
                         if owners is None:
                             from memdiag.retainers.pools import live_pools
 
@@ -560,6 +563,7 @@ class Tracker:
         pending = self._processes_pending(readings)  # observes the tree: always called
         if assessment.clean and not freeze_grew and not pending and not self._census_grew(readings):
             return self._finish(readings, assessment, None, cheap=True, settle_s=0.0, t0=t0)
+        widen()  # past the counters (pytest's lazy restore: the whole interpreter now)
         readings, assessment, settle_s, workspace = self._settle(readings, assessment)
         # nothing left for a heap walk to explain?
         if assessment.clean and not freeze_grew and not self._census_grew(readings):
@@ -609,6 +613,7 @@ class Tracker:
         ]
         if not counted:
             return False
+        widen()
         grown = new_storage_bytes(self._ledger, counted)
         return any(grown.get(d, 0) > self.allowance(d, None) for d in counted)
 

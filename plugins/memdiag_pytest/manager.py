@@ -40,7 +40,7 @@ from _pytest.runner import runtestprotocol
 
 from memdiag.backends.registry import Selection
 from memdiag.check.exclusion import Exclusion
-from memdiag.check.interpreter import InterpreterState
+from memdiag.check.interpreter import InterpreterState, widen
 from memdiag.check.peaks import PeakViolation, peak_violations
 from memdiag.check.series import CheckSeries
 from memdiag.check.tracker import Tracker
@@ -355,7 +355,7 @@ class LeakCheckManager:
         if run is None or run.tracker is None or run.result is not None:
             return
         drop_test_references(test.item)
-        with self._interpreter.restored():  # as in _finish
+        with self._interpreter.restored(lazy=True):  # as in _finish
             run.result = self._check(run)
 
     @pytest.hookimpl(wrapper=True)
@@ -373,8 +373,9 @@ class LeakCheckManager:
         try:
             # A test may leave sys.modules["gc"] replaced, builtins None, a recursion
             # limit of 60: the check and its report run in the interpreter the session
-            # started with (the test's state is put back after).
-            with self._interpreter.restored():
+            # started with (the test's state is put back after).  What a check that
+            # passes on counters does not call is put back only when it goes further.
+            with self._interpreter.restored(lazy=True):
                 self._finish(test, report)
         finally:
             if test.run is not None and (test.run.scope == "function" or test.unit_ends):
@@ -431,6 +432,10 @@ class LeakCheckManager:
         blame: str,
         unit: bool,
     ) -> None:
+        if peaks or result is None or result.leaks or result.phases or not result.cheap:
+            # More than a counting-only entry (signatures, a failure's words, the JSON
+            # report's copy of the result): the whole interpreter memdiag found.
+            widen()
         if result is not None:  # known leaks (--gpu-leak-known) are reported, not failed
             result = apply_known(result, self.settings.known, test=run.key)
         failure = None

@@ -3,8 +3,10 @@
 Runs in the process that reports (not in xdist workers); reads only the plain data
 that checks attach to test reports (``report.memdiag``), so the same code serves a
 plain run, the parent of an isolated test and the controller of ``-n N``.  Imports
-only memdiag's value types (never the tracker, torch or rich); the JSON report
-imports :mod:`memdiag.report.session` when it is written.
+only memdiag's value types and the interpreter's snapshot (never the tracker, torch or
+rich); the JSON report imports :mod:`memdiag.report.session` when it is written.  Like
+the checks, it runs in the interpreter the session started with: a test that leaves
+``json.dumps`` or a builtin replaced cannot break the spool, the summary or the report.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import IO, Any
 
 import pytest
 
+from memdiag.check.interpreter import InterpreterState
 from memdiag.values.units import format_bytes, plural
 
 from .failure import LeakFailure, LeakRepr
@@ -57,6 +60,7 @@ class ResultsCollector:
         self.known: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self._keep_payloads = not os.environ.get(CHILD_ENV)
         self._spool: IO[str] | None = None
+        self._interpreter = InterpreterState()
 
     # -- collecting ----------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -75,9 +79,10 @@ class ResultsCollector:
             return
         if self._keep_payloads:
             delattr(report, PAYLOAD)
-        entry = dict(payload)
-        entry.setdefault("nodeid", report.nodeid)
-        self.add(entry)
+        with self._interpreter.restored(lazy=True):
+            entry = dict(payload)
+            entry.setdefault("nodeid", report.nodeid)
+            self.add(entry)
 
     def add(self, entry: dict[str, Any]) -> None:
         """Count one check's entry (a :meth:`TestEntry.to_json` dict)."""
@@ -114,17 +119,17 @@ class ResultsCollector:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.json_path is None:
             return
+        with self._interpreter.restored():
+            self._write_json(session, self.json_path)
+
+    def _write_json(self, session: pytest.Session, path: Path) -> None:
         # Only here, with the report asked for: memdiag (not torch) on the reporting side.
         from memdiag.report.session import write_session
 
         try:
-            write_session(
-                self.json_path, self.entries(), settings=self.header, notices=self.notices
-            )
+            write_session(path, self.entries(), settings=self.header, notices=self.notices)
         except OSError as exc:  # a full disk, /dev/full, a directory removed meanwhile
-            self.json_error = (
-                f"cannot write --gpu-leak-json {self.json_path}: {exc.strerror or exc}"
-            )
+            self.json_error = f"cannot write --gpu-leak-json {path}: {exc.strerror or exc}"
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
@@ -137,7 +142,10 @@ class ResultsCollector:
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if not self.checked and not self.notices:
             return
-        tr = terminalreporter
+        with self._interpreter.restored():
+            self._summary(terminalreporter)
+
+    def _summary(self, tr: pytest.TerminalReporter) -> None:
         tr.section("memdiag leak check", sep="=", bold=True)
         for notice in self.notices:
             tr.write_line(f"memdiag WARNING: {notice}", red=True, bold=True)

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import builtins
 import gc
+import hashlib
 import json
+import os
 import sys
+import threading
 import time
+import warnings
 from typing import Any
 
 from memdiag.check.interpreter import MIN_RECURSION, InterpreterState
@@ -104,3 +108,48 @@ def test_entering_again_resumes_and_an_error_keeps_memdiags_state() -> None:
         assert builtins.len is real_len  # not the program's: memdiag reports next
     finally:
         builtins.len = real_len
+
+
+def test_a_lazy_restore_puts_back_the_rest_when_widened() -> None:
+    """``restored(lazy=True)``: builtins, sys.modules and the modules of a passing
+    check at once; other standard modules (hashlib here) only once the check widens."""
+    from memdiag.check.interpreter import widen
+
+    state = InterpreterState()
+    real_len, real_sha1, real_getpid = builtins.len, hashlib.sha1, os.getpid
+    builtins.len = _replaced_len
+    hashlib.sha1 = _replaced_len  # type: ignore[assignment]
+    os.getpid = _replaced_len  # type: ignore[assignment]
+    try:
+        with state.restored(lazy=True):
+            assert builtins.len is real_len
+            assert os.getpid is real_getpid
+            assert hashlib.sha1 is _replaced_len
+            widen()
+            assert hashlib.sha1 is real_sha1
+            widen()  # once is enough
+        assert builtins.len is _replaced_len
+        assert hashlib.sha1 is _replaced_len
+        assert os.getpid is _replaced_len
+        widen()  # outside a block: nothing to widen
+        assert hashlib.sha1 is _replaced_len
+    finally:
+        builtins.len, hashlib.sha1, os.getpid = real_len, real_sha1, real_getpid
+
+
+def test_hooks_a_test_runner_swaps_per_test_are_left_as_found() -> None:
+    """pytest records warnings and thread exceptions per test through these hooks: a
+    warning raised during the check is the program's to record, not printed."""
+    state = InterpreterState()
+    real_excepthook, real_impl = threading.excepthook, warnings._showwarnmsg_impl  # type: ignore[attr-defined]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        threading.excepthook = _replaced_len  # type: ignore[assignment]
+        try:
+            with state.restored(), state.restored(lazy=True):
+                assert threading.excepthook is _replaced_len
+                warnings.warn("inside the check", stacklevel=1)
+        finally:
+            threading.excepthook = real_excepthook
+    assert [str(w.message) for w in caught] == ["inside the check"]
+    assert warnings._showwarnmsg_impl is real_impl  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ the test's state is put back after."""
 
 from __future__ import annotations
 
+import json
 from importlib.util import find_spec
 
 import pytest
@@ -47,3 +48,42 @@ def test_a_test_that_leaves_the_interpreter_hostile_is_still_checked(
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     result.assert_outcomes(passed=1, failed=3)
     result.stdout.fnmatch_lines(["*test_replaces_gc_module_and_leaks - memdiag: cpu: 4.0 MiB*"])
+
+
+REPORT_PATH_BROKEN = """
+import hashlib, json, torch
+
+KEEP = []
+REAL = (json.dumps, hashlib.sha1)
+
+def _broken(*args, **kwargs):
+    raise RuntimeError("the test's replacement")
+
+def test_passes_with_report_functions_replaced():
+    json.dumps = hashlib.sha1 = _broken
+
+def test_leaks_with_report_functions_replaced():
+    KEEP.append(torch.ones(1 << 20))
+
+def test_puts_them_back():
+    assert json.dumps is _broken
+    json.dumps, hashlib.sha1 = REAL
+"""
+
+
+def test_a_leak_is_reported_with_the_report_path_replaced(pytester: pytest.Pytester) -> None:
+    """A passing check puts back only what it calls; the failing one puts back the rest
+    (json, hashlib: the signature and the JSON report) before it describes the leak."""
+    pytester.makepyfile(test_broken=REPORT_PATH_BROKEN)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--gpu-leak-check", "--gpu-leak-settle=0",
+        "-p", "no:randomly", "--gpu-leak-json=out.json",
+    )  # fmt: skip
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*test_leaks_with_report_functions_replaced - memdiag: cpu: 4*"])
+    report = json.loads((pytester.path / "out.json").read_text())
+    leaking = [t for t in report["tests"] if t.get("leaked")]
+    assert [t["nodeid"].rsplit("::", 1)[-1] for t in leaking] == [
+        "test_leaks_with_report_functions_replaced"
+    ]
