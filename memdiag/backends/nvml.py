@@ -19,8 +19,10 @@ namespace: the reading then says so in ``extra`` rather than guess.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
+import time
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -126,6 +128,9 @@ class NvmlBackend(DriverBackend[tuple[Any, str], _Raw]):
         self._spec = visible_devices
         self._usage_seen: dict[str, tuple[tuple[int, int], _Usage]] = {}
         """UUID -> ((device used, free), per-process usage) of the last process listing."""
+        self._last_reading: dict[str, tuple[_Usage, int, DeviceReading]] = {}
+        """Device -> (the listing, the PID, the reading) of the last reading of a device
+        that listed only this process: read again from the same listing, it stands."""
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -208,14 +213,20 @@ class NvmlBackend(DriverBackend[tuple[Any, str], _Raw]):
         device_key = (int(memory.used), int(memory.free))
         seen = self._usage_seen.get(entry[1])
         if seen is not None and seen[0] == device_key:
-            return memory, dict(seen[1])
+            return memory, seen[1]  # the same listing (read, never changed)
         usage = self._processes(handle)
         self._usage_seen[entry[1]] = (device_key, dict(usage))
         return memory, usage
 
     def _reading(self, device: str, entry: tuple[Any, str], raw: _Raw) -> DeviceReading:
         memory, usage = raw
-        return driver_reading(
+        me = os.getpid()
+        last = self._last_reading.get(device)
+        if last is not None and last[0] is usage and last[1] == me:
+            # The same listing (the device's bytes did not move) of this process alone:
+            # the reading it gave stands.
+            return dataclasses.replace(last[2], time=time.time())
+        reading = driver_reading(
             device,
             source="nvml",
             total=int(memory.total),
@@ -227,6 +238,11 @@ class NvmlBackend(DriverBackend[tuple[Any, str], _Raw]):
                 "(usedGpuMemory unavailable, as in many containers)"
             ),
         )
+        if all(pid == me for pid in usage):
+            self._last_reading[device] = (usage, me, reading)
+        else:  # the tree around other processes is looked up again at every reading
+            self._last_reading.pop(device, None)
+        return reading
 
 
 def nvml_device_count(*, module: Any = None, visible_devices: str | None = None) -> int:

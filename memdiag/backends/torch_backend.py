@@ -17,8 +17,10 @@ can return, and what private pools (CUDA graphs, ``MemPool``) hold.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -56,6 +58,12 @@ class TorchBackend:
         self.device_wide = True
         """Read device-wide used/total (``mem_get_info``); the registry turns it off
         when NVML or amdsmi gives them, to keep the passing path short."""
+        self._init_pid: int | None = None
+        """The process in which the accelerator was seen initialised: it stays so there
+        (a forked child is another process and asks again)."""
+        self._raw: dict[str, Callable[..., Any]] | None = None
+        """``torch._C``'s CUDA entry points behind the Python wrappers (see
+        :func:`_cuda_entry_points`), looked up once."""
 
     def probe(self) -> Availability:
         try:
@@ -90,9 +98,25 @@ class TorchBackend:
         return int(index)
 
     def initialized(self) -> bool:
+        pid = os.getpid()
+        if self._init_pid == pid:
+            return True
         module = self._module()
         is_init = getattr(module, "is_initialized", None)
-        return bool(is_init()) if callable(is_init) else True
+        found = bool(is_init()) if callable(is_init) else True
+        if found:
+            self._init_pid = pid
+        return found
+
+    def _c(self, name: str) -> Callable[..., Any] | None:
+        """A ``torch._C`` CUDA entry point (``None`` where this build has none)."""
+        raw = self._raw
+        if raw is None:
+            if self._kind is None:
+                return None
+            torch_c = getattr(sys.modules.get("torch"), "_C", None)
+            raw = self._raw = _cuda_entry_points(torch_c) if self._kind == "cuda" else {}
+        return raw.get(name)
 
     def read(self, device: str) -> DeviceReading:
         if device == HOST_PINNED:
@@ -145,17 +169,13 @@ class TorchBackend:
 
         ``torch.cuda.memory_stats`` flattens ~100 nested entries in Python on every
         call; the check reads five, so on CUDA the nested C++ dict is read directly."""
-        raw = getattr(getattr(sys.modules.get("torch"), "_C", None), "_cuda_memoryStats", None)
-        if self._kind == "cuda" and callable(raw):
+        raw = self._c("stats")
+        if raw is not None:
             nested = raw(index)
             key = _pools_key_of(nested)
             if key is not None:
                 self._read_key[index] = key
-            return {
-                f"{name}.all.{which}": int(nested[name]["all"][which])
-                for name in ("allocated_bytes", "reserved_bytes", "active_bytes")
-                for which in ("current", "peak")
-            }
+            return {flat: int(nested[name]["all"][which]) for flat, name, which in _STAT_NAMES}
         return dict(self._module().memory_stats(index))
 
     def _read_pinned(self) -> DeviceReading:
@@ -197,8 +217,8 @@ class TorchBackend:
                 return False
             owned = self._host_stats().get("allocated_bytes")
             return owned is not None and owned[0] == reading.allocated
-        raw = getattr(getattr(sys.modules.get("torch"), "_C", None), "_cuda_memoryStats", None)
-        if self._kind != "cuda" or not callable(raw):
+        raw = self._c("stats")
+        if raw is None:
             return False
         index = self._index(device)
         nested = raw(index)
@@ -212,9 +232,8 @@ class TorchBackend:
         """``name -> (current, peak)`` of the pinned-memory allocator's byte counters,
         from the nested C++ dict where torch has it (``host_memory_stats`` flattens it
         in Python: ~75 us against ~10 us on an H200)."""
-        torch_c = getattr(sys.modules.get("torch"), "_C", None)
-        raw = getattr(torch_c, "_cuda_hostMemoryStats", None)
-        if callable(raw):
+        raw = self._c("host_stats")
+        if raw is not None:
             nested = raw()
             found: dict[str, tuple[int, int]] = {}
             for name in ("allocated_bytes", "active_bytes"):
@@ -274,8 +293,8 @@ class TorchBackend:
 
     def _pools_key(self, index: int) -> tuple[int, ...] | None:
         """The counters :func:`_pools_key_of` reads, asked now."""
-        raw = getattr(getattr(sys.modules.get("torch"), "_C", None), "_cuda_memoryStats", None)
-        if not callable(raw):
+        raw = self._c("stats")
+        if raw is None:
             return None
         try:
             return _pools_key_of(raw(index))
@@ -284,13 +303,19 @@ class TorchBackend:
 
     def reset_peak(self, device: str) -> None:
         if device == HOST_PINNED:
-            reset = getattr(self._module(), "reset_peak_host_memory_stats", None)
+            reset = self._c("reset_host_peak") or getattr(
+                self._module(), "reset_peak_host_memory_stats", None
+            )
             if callable(reset) and self.initialized():
                 reset()
             return
         index = self._index(device)
         if self.initialized():
-            self._module().reset_peak_memory_stats(index)
+            raw = self._c("reset_peak")
+            if raw is not None:
+                raw(index)
+            else:
+                self._module().reset_peak_memory_stats(index)
 
     def settle(self, device: str, *, baseline: bool = False) -> None:
         """Synchronise the device and free cuBLAS/cuBLASLt workspaces torch keeps;
@@ -303,24 +328,25 @@ class TorchBackend:
             owned = self._pinned_owned
             if baseline and owned is not None and owned <= PINNED_CACHE_KEPT:
                 return
-            empty = getattr(getattr(sys.modules.get("torch"), "_C", None), "_host_emptyCache", None)
-            if callable(empty) and self.initialized():
+            empty = self._c("host_empty")
+            if empty is not None and self.initialized():
                 empty()
             return
         index = self._index(device)
         if not self.initialized():
             return
-        module = self._module()
         # Synchronising a device switches to it and would create a context (hundreds
         # of MiB) on a GPU the program never used: only touch devices the allocator uses.
         if index in self._in_use or self._stats(index).get("reserved_bytes.all.current", 0):
             self._in_use.add(index)
-            module.synchronize(index)
-        torch_c = getattr(sys.modules.get("torch"), "_C", None)
-        for name in ("_cuda_clearCublasWorkspaces",):
-            clear = getattr(torch_c, name, None)
-            if callable(clear) and self._kind == "cuda":
-                clear()
+            current, sync = self._c("current"), self._c("sync")
+            if current is not None and sync is not None and current() == index:
+                sync()  # the current device: torch.cuda.synchronize without its wrapper
+            else:
+                self._module().synchronize(index)
+        clear = self._c("clear_cublas")
+        if clear is not None:
+            clear()
 
     def close(self) -> None:
         return None
@@ -349,6 +375,36 @@ def _accelerator(torch: Any) -> tuple[str | None, int]:
 
 PINNED_CACHE_KEPT = 256 * 1024
 """Pinned bytes a baseline leaves cached (see :meth:`TorchBackend.settle`)."""
+
+_STAT_NAMES = tuple(
+    (f"{name}.all.{which}", name, which)
+    for name in ("allocated_bytes", "reserved_bytes", "active_bytes")
+    for which in ("current", "peak")
+)
+"""``memory_stats`` name, nested name, counter: the allocator counters a reading uses."""
+
+_CUDA_ENTRY_POINTS = {
+    "stats": "_cuda_memoryStats",
+    "host_stats": "_cuda_hostMemoryStats",
+    "host_empty": "_host_emptyCache",
+    "reset_peak": "_cuda_resetPeakMemoryStats",
+    "reset_host_peak": "_cuda_resetPeakHostMemoryStats",
+    "current": "_cuda_getDevice",
+    "sync": "_cuda_synchronize",
+    "clear_cublas": "_cuda_clearCublasWorkspaces",
+}
+
+
+def _cuda_entry_points(torch_c: Any) -> dict[str, Callable[..., Any]]:
+    """The C functions behind ``torch.cuda``'s memory calls that this build has.  A
+    passing check calls a few of them per test; through the Python wrappers (device
+    guards, argument checks, flattening ``memory_stats``) each costs 5-20x more."""
+    found: dict[str, Callable[..., Any]] = {}
+    for key, name in _CUDA_ENTRY_POINTS.items():
+        fn = getattr(torch_c, name, None)
+        if callable(fn):
+            found[key] = fn
+    return found
 
 
 def _pools_key_of(nested: Any) -> tuple[int, ...] | None:

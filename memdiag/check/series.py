@@ -72,6 +72,7 @@ class CheckSeries:
             ledger=self.ledger,
             record_alloc_stacks=self.record_alloc_stacks,
             collect_at_start=False,
+            account_clean=False,
             name=name,
         )
         with tracker.spending():

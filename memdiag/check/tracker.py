@@ -132,6 +132,11 @@ class Tracker:
     and take the census (a heap walk) only when they moved by more than the tolerance
     or a storage alive at baseline was freed; ``None`` (default) turns it on when a
     shared ``ledger`` is given (a tracker per test) and leaves one-shot trackers exact.
+    ``account_clean``: name the buckets of memory outside PyTorch (the CUDA context,
+    library handles) when the check passes on its counters too; the first time a
+    device is accounted, its context is measured in a child process (seconds, then
+    cached on disk).  A tracker per test turns it off: nobody reads a passing test's
+    buckets, and the first test of every suite would pay for the child.
     """
 
     def __init__(
@@ -149,6 +154,7 @@ class Tracker:
         watch_processes: bool = True,
         worker_reports: bool | str | os.PathLike[str] = False,
         gate: bool | None = None,
+        account_clean: bool = True,
         name: str = "",
     ) -> None:
         settle = parse_seconds(settle)  # nan and inf would poll forever
@@ -162,6 +168,7 @@ class Tracker:
         self._own_ledger = ledger is None
         self._ledger = ledger
         self._gate_wanted = (ledger is not None) if gate is None else gate
+        self._account_clean = account_clean
         self._gate_base: HostCounters | None = None
         self._gate_deaths = 0
         self.analyze = analyze
@@ -674,7 +681,11 @@ class Tracker:
         notices: list[str] | None = None,
     ) -> CheckResult:
         assert self.selection is not None
-        accounting = account_devices(readings, to_account(assessment))
+        accounting = (
+            account_devices(readings, to_account(assessment))
+            if self._account_clean or not cheap
+            else {}
+        )
         findings = classify(
             assessment=assessment,
             census=census,

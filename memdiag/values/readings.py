@@ -65,21 +65,20 @@ class DeviceReading:
 
     def merged(self, other: DeviceReading) -> DeviceReading:
         """Fill this reading's unknown fields from ``other`` (same device, other source)."""
-        changes: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            mine = getattr(self, f.name)
-            theirs = getattr(other, f.name)
-            if f.name == "sources":
-                changes[f.name] = self.sources + tuple(s for s in other.sources if s not in mine)
-            elif f.name == "processes":
-                changes[f.name] = mine or theirs
-            elif f.name == "extra":
-                changes[f.name] = {**theirs, **mine}
-            elif f.name == "time":
-                changes[f.name] = max(mine, theirs)
-            elif mine is None:
-                changes[f.name] = theirs
-        return dataclasses.replace(self, **changes)
+        mine = self.__dict__
+        theirs = other.__dict__
+        # Built directly (no dataclasses.replace): every check merges its readings.
+        return DeviceReading(
+            device=self.device,
+            sources=self.sources + tuple(s for s in other.sources if s not in self.sources),
+            processes=self.processes or other.processes,
+            time=max(self.time, other.time),
+            extra={**other.extra, **self.extra},
+            **{
+                name: theirs[name] if mine[name] is None else mine[name]
+                for name in _FILLED_BY_MERGE
+            },
+        )
 
     @property
     def outside_torch(self) -> int | None:
@@ -103,3 +102,11 @@ class DeviceReading:
         values["processes"] = tuple(ProcessUsage(**p) for p in values.get("processes", ()))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+_FILLED_BY_MERGE = tuple(
+    f.name
+    for f in dataclasses.fields(DeviceReading)
+    if f.name not in ("device", "sources", "processes", "time", "extra")
+)
+"""The fields :meth:`DeviceReading.merged` takes from the other reading where unknown."""

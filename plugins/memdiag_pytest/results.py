@@ -33,6 +33,10 @@ PAYLOAD = "memdiag"
 FAILURE = "memdiag_failure"
 """Report attribute holding a failure's message and long repr, to rebuild the repr."""
 
+_bool, _float = bool, float
+"""Bound at import: a test may leave the builtins replaced, and counting a clean check
+(every test) is cheaper with these than with the interpreter put back."""
+
 
 class ResultsCollector:
     """Collects check payloads from reports; prints the summary; writes the JSON report.
@@ -79,9 +83,12 @@ class ResultsCollector:
             return
         if self._keep_payloads:
             delattr(report, PAYLOAD)
-        with self._interpreter.restored(lazy=True):
-            entry = dict(payload)
-            entry.setdefault("nodeid", report.nodeid)
+        entry = dict(payload)
+        entry.setdefault("nodeid", report.nodeid)
+        if self.json_path is None:
+            self.add(entry)  # counting only: cheaper than putting the interpreter back
+            return
+        with self._interpreter.restored(lazy=True):  # json, for the spool
             self.add(entry)
 
     def add(self, entry: dict[str, Any]) -> None:
@@ -96,13 +103,13 @@ class ResultsCollector:
             return
         self.checked += 1
         self.wider = self.wider or entry.get("scope") not in (None, "function")
-        overhead = float(entry.get("overhead_s") or 0.0)
+        overhead = _float(entry.get("overhead_s") or 0.0)
         if entry.get("leaked"):
             self.leaking.append(entry)
             self.failing_s += overhead
         else:
             self.clean_s += overhead
-            self.cheap += bool(entry.get("cheap"))
+            self.cheap += _bool(entry.get("cheap"))
         self.known.extend((entry, leak) for leak in entry.get("leaks") or () if leak.get("known"))
 
     def entries(self) -> list[dict[str, Any]]:

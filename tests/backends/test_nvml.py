@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib.util
 import json
 import os
@@ -428,3 +429,22 @@ def test_processes_are_listed_again_only_when_the_device_bytes_move(
 
     assert backend.read("cuda:0").process_used == 96 * MiB
     assert nvml.calls.count("nvmlDeviceGetComputeRunningProcesses") == listed + 1
+
+
+def test_a_reading_from_the_same_listing_of_this_process_alone_is_reused(
+    nvml: Any, backend: NvmlBackend
+) -> None:
+    gpu = nvml.devices[0]
+    gpu.processes = {os.getpid(): 64 * MiB}
+    first = backend.read("cuda:0")
+    again = backend.read("cuda:0")
+    assert dataclasses.replace(again, time=first.time) == first
+    assert again.time >= first.time
+
+    # another process on the device: its tree membership is looked up at every reading
+    gpu.processes = {os.getpid(): 64 * MiB, 999_999: 8 * MiB}
+    gpu.used += 8 * MiB
+    with_other = backend.read("cuda:0")
+    assert [p.pid for p in with_other.processes] == [os.getpid(), 999_999]
+    assert with_other.extra.get("pids_not_visible") == [999_999]
+    assert backend.read("cuda:0").extra.get("pids_not_visible") == [999_999]

@@ -420,3 +420,34 @@ def test_memory_mapped_in_the_first_phase_is_not_taken_for_the_context(
     assert first.kind is FindingKind.OUTSIDE_TORCH and first.nbytes == 300 * MiB, first
     assert "cuMem allocator (CuMemAllocator) 300.0 MiB (measured)" in first.message
     del allocator
+
+
+def test_a_passing_test_in_a_series_starts_no_calibration_child(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first test of a suite creates the context; its check passes on counters and
+    names no buckets, so no child measures the context (seconds on an H200).  A check
+    that goes further still measures it."""
+    from memdiag.check.series import CheckSeries
+
+    children: list[int] = []
+
+    def runner(index: int, nccl: bool) -> dict[str, Any]:
+        children.append(index)
+        return H200.to_json()
+
+    monkeypatch.setattr(calibration, "_run_child", runner)
+    fake = FakeBackend(["cuda:0"], stands_for=("nvml",))
+    _device(fake, 0)
+    series = CheckSeries(Selection((fake,), fake.devices()))
+    tracker = series.start(tolerance=None, settle=0.0, name="first")
+    _device(fake, (610 + 66) * MiB)
+    result = series.check(tracker)
+    tracker.close()
+    assert result.cheap and not result.leaked
+    assert children == []
+    tracker = series.start(tolerance=None, settle=0.0, name="leaks outside torch")
+    _device(fake, (610 + 66 + 300) * MiB)
+    result = series.check(tracker)
+    tracker.close()
+    assert result.leaked and children == [0]
