@@ -125,6 +125,8 @@ class FakeBackend:
         if state is None:
             return False
         self._apply_pending(state)
+        if state.private_pools:
+            return False  # a scripted pool may change at equal totals: read it again
         return (
             state.allocated,
             state.reserved,
@@ -140,6 +142,11 @@ class FakeBackend:
             reading.processes,
             {k: v for k, v in reading.extra.items() if k != "pools"},
         )
+
+    def peaks(self, device: str) -> dict[str, int | None]:
+        """The peak counters :meth:`read` would give now (see ``TorchBackend.peaks``)."""
+        state = self._devices[device]
+        return {"peak_allocated": state.peak_allocated, "peak_reserved": state.reserved}
 
     def set_pool(self, device: str, pool: tuple[int, int], reserved: int, allocated: int) -> None:
         """Script a private pool (CUDA graph, MemPool) of ``reserved`` bytes; ``0`` drops it."""

@@ -61,6 +61,7 @@ class TorchBackend:
         self._init_pid: int | None = None
         """The process in which the accelerator was seen initialised: it stays so there
         (a forked child is another process and asks again)."""
+        self._peaks: dict[str, dict[str, int | None]] = {}
         self._raw: dict[str, Callable[..., Any]] | None = None
         """``torch._C``'s CUDA entry points behind the Python wrappers (see
         :func:`_cuda_entry_points`), looked up once."""
@@ -216,7 +217,10 @@ class TorchBackend:
             if self._kind != "cuda":
                 return False
             owned = self._host_stats().get("allocated_bytes")
-            return owned is not None and owned[0] == reading.allocated
+            if owned is None:
+                return False
+            self._peaks[device] = {"peak_allocated": owned[1] or None}
+            return owned[0] == reading.allocated
         raw = self._c("stats")
         if raw is None:
             return False
@@ -226,7 +230,17 @@ class TorchBackend:
         if key is None:
             return False
         self._read_key[index] = key
+        self._peaks[device] = {
+            "peak_allocated": int(nested["allocated_bytes"]["all"]["peak"]),
+            "peak_reserved": int(nested["reserved_bytes"]["all"]["peak"]),
+        }
         return (key[4], key[2], key[3]) == (reading.allocated, reading.reserved, reading.active)
+
+    def peaks(self, device: str) -> dict[str, int | None]:
+        """The peak counters the last :meth:`unchanged` call for ``device`` read (the
+        same C call): an unchanged reading with this test's peaks, for a check that
+        passes without reading again."""
+        return self._peaks.pop(device, {})
 
     def _host_stats(self) -> dict[str, tuple[int, int]]:
         """``name -> (current, peak)`` of the pinned-memory allocator's byte counters,

@@ -193,6 +193,8 @@ class Tracker:
         self._spending = 0
         self._tree_pids: frozenset[int] = frozenset()
         self.result: CheckResult | None = None
+        self._template: CheckResult | None = None
+        """A clean result this check may repeat (see :meth:`_same_as_baseline`)."""
         self._procs = ProcessWatch() if watch_processes else None
         self._groups_at_start = GroupState()
         self._workers = (
@@ -214,16 +216,29 @@ class Tracker:
             if not self._spending:
                 self.spent_s += time.perf_counter() - t0
 
-    def start(self, *, previous: Mapping[str, DeviceReading] | None = None) -> Tracker:
+    def start(
+        self,
+        *,
+        previous: Mapping[str, DeviceReading] | None = None,
+        previous_result: CheckResult | None = None,
+    ) -> Tracker:
         """Take the baseline and become the active tracker.
 
         ``previous``: readings of every device taken earlier (the last check of a
         series): where each backend vouches that its counters still equal them
-        (``unchanged``), they are the baseline and no device is read again."""
+        (``unchanged``), they are the baseline and no device is read again.
+        ``previous_result``: the clean check (no findings, no phases) whose final
+        readings ``previous`` are: when they became the baseline and this check finds
+        every counter still equal to them, it is that result again, with this check's
+        peaks and times (see :meth:`_same_as_baseline`)."""
         with self.spending():
-            return self._start(previous)
+            return self._start(previous, previous_result)
 
-    def _start(self, previous: Mapping[str, DeviceReading] | None = None) -> Tracker:
+    def _start(
+        self,
+        previous: Mapping[str, DeviceReading] | None = None,
+        previous_result: CheckResult | None = None,
+    ) -> Tracker:
         if self._started:
             raise RuntimeError("this tracker has already started")
         spec = self._device_spec
@@ -250,6 +265,8 @@ class Tracker:
             self._gate_base = counters
             self._gate_deaths = ledger_deaths()
         reused = self._unchanged(previous) if previous is not None and not self.gated else None
+        if reused is not None and previous_result is not None and not previous_result.findings:
+            self._template = previous_result
         self.baseline = self._with_pools(
             reused or self._read(gated=True, baseline=True), always=True
         )
@@ -344,9 +361,12 @@ class Tracker:
             readings[device] = merged or DeviceReading(device=device, time=_monotonic())
         return readings
 
-    def _unchanged(self, previous: Mapping[str, DeviceReading]) -> dict[str, DeviceReading] | None:
+    def _unchanged(
+        self, previous: Mapping[str, DeviceReading], *, peaks: bool = False
+    ) -> dict[str, DeviceReading] | None:
         """``previous`` (with the time of now) where every backend of every device
-        says its counters did not move since, else ``None``."""
+        says its counters did not move since, else ``None``.  ``peaks``: with the peak
+        counters the backends read meanwhile (``peaks(device)``)."""
         assert self.selection is not None
         now = _monotonic()
         readings: dict[str, DeviceReading] = {}
@@ -355,15 +375,65 @@ class Tracker:
             readers = self.selection.readers(device)
             if reading is None or not readers:
                 return None
+            changes: dict[str, Any] = {"time": now}
             for backend in readers:
                 same = getattr(backend, "unchanged", None)
                 try:
                     if not callable(same) or not same(device, reading):
                         return None
+                    seen = getattr(backend, "peaks", None) if peaks else None
+                    if callable(seen):
+                        changes.update(seen(device))
                 except Exception:  # noqa: BLE001 - a fresh reading says what is wrong
                     return None
-            readings[device] = dataclasses.replace(reading, time=now)
+            readings[device] = dataclasses.replace(reading, **changes)
         return readings
+
+    def _same_as_baseline(self, t0: float) -> CheckResult | None:
+        """The fast lane of a series' passing check: the baseline was the last clean
+        check's final readings (``previous_result``, no findings) and every backend
+        says its counters still equal them, so the readings, the assessment and the
+        verdict are that check's again.  Only the peaks (read in the same calls), the
+        times and what no counter shows are looked at anew: ``gc.freeze()``, child
+        processes, process groups.  ``None``: take the full path."""
+        template = self._template
+        if (
+            template is None
+            or self.selection is None
+            or self.phases
+            or self.gated
+            or gc.get_freeze_count() > self._baseline_freeze
+        ):
+            return None
+        finals = self._unchanged(self.baseline, peaks=True)
+        if finals is None or self._census_grew(finals) or self._processes_pending(finals):
+            return None
+        if self._procs is not None and self._procs.findings(finals, observed=True):
+            return None
+        if process_group_findings(self._groups_at_start):
+            return None
+        devices = tuple(
+            DeviceCheck(
+                device=device,
+                baseline=self.baseline[device],
+                final=finals[device],
+                allowance=self.allowance(device, finals[device].total),
+                driver_allowance=self._driver_tolerance.allowance(finals[device].total),
+            )
+            for device in self.selection.devices
+        )
+        analysis = dict(template.analysis)
+        if self._procs is not None:
+            analysis["processes"] = self._procs.to_json()
+        result = dataclasses.replace(
+            template,
+            devices=devices,
+            elapsed_s=_perf_counter() - t0,
+            notices=tuple(self.selection.notices) + tuple(self._start_notices),
+            analysis=analysis,
+        )
+        self.result = result
+        return result
 
     @property
     def gated(self) -> bool:
@@ -564,6 +634,9 @@ class Tracker:
         t0 = _perf_counter()
         if self._open is not None:
             self.end_phase()
+        same = self._same_as_baseline(t0)
+        if same is not None:
+            return same
         readings = self._with_pools(self._read(gated=True))
         assessment = self._assess(readings)
         freeze_grew = gc.get_freeze_count() > self._baseline_freeze

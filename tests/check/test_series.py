@@ -146,3 +146,53 @@ def test_a_reused_baseline_is_a_true_baseline_for_the_next_leak() -> None:
     (check,) = result.devices
     assert check.final.allocated - check.baseline.allocated == 4 * MiB
     assert sum(f.nbytes for f in result.leaks) == 4 * MiB
+
+
+def _fake_test(series: CheckSeries, fake: FakeBackend, name: str, body: object = None) -> object:
+    tracker = series.start(tolerance={"*": Tolerance(bytes=MiB)}, settle=0, name=name)
+    if callable(body):
+        body()
+    result = series.check(tracker)
+    tracker.close()
+    return result
+
+
+def test_a_check_whose_counters_equal_the_last_clean_checks_reads_nothing_else() -> None:
+    """The fast lane: the baseline was the last clean check's readings and nothing
+    moved, so that verdict stands; the test's own peak is still reported."""
+    fake = FakeBackend(["cuda:0"])
+    series = CheckSeries(Selection((fake,), fake.devices()))
+
+    def allocate_and_free() -> None:
+        fake.set("cuda:0", allocated=8 * MiB)
+        fake.set("cuda:0", allocated=0)
+
+    first = _fake_test(series, fake, "first", allocate_and_free)
+    reads = fake.reads
+    second = _fake_test(series, fake, "second", allocate_and_free)
+    assert fake.reads == reads  # the baseline and the check: counters only
+    for result in (first, second):
+        assert not result.leaked and result.cheap and not result.findings  # type: ignore[attr-defined]
+    (check,) = second.devices  # type: ignore[attr-defined]
+    assert check.final.peak_allocated == 8 * MiB
+    assert check.allowance == MiB
+
+    # a leak after a fast-lane baseline takes the full path
+    leaked = _fake_test(series, fake, "leaks", lambda: fake.allocate("cuda:0", 4 * MiB))
+    assert leaked.leaked  # type: ignore[attr-defined]
+    assert sum(f.nbytes for f in leaked.leaks) == 4 * MiB  # type: ignore[attr-defined]
+
+
+def test_what_no_counter_shows_still_sends_the_check_the_full_way() -> None:
+    fake = FakeBackend(["cuda:0"])
+    series = CheckSeries(Selection((fake,), fake.devices()))
+    assert not _fake_test(series, fake, "warm-up").leaked  # type: ignore[attr-defined]
+    assert not _fake_test(series, fake, "clean").leaked  # type: ignore[attr-defined]
+    cycle: list[object] = []
+    cycle.append(cycle)
+    try:
+        frozen = _fake_test(series, fake, "freezes", gc.freeze)
+    finally:
+        gc.unfreeze()
+    assert not frozen.cheap  # type: ignore[attr-defined]
+    assert not _fake_test(series, fake, "clean again").leaked  # type: ignore[attr-defined]
