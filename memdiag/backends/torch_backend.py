@@ -62,6 +62,7 @@ class TorchBackend:
         """The process in which the accelerator was seen initialised: it stays so there
         (a forked child is another process and asks again)."""
         self._peaks: dict[str, dict[str, int | None]] = {}
+        self._indices: dict[str, int] = {}
         self._raw: dict[str, Callable[..., Any]] | None = None
         """``torch._C``'s CUDA entry points behind the Python wrappers (see
         :func:`_cuda_entry_points`), looked up once."""
@@ -93,9 +94,13 @@ class TorchBackend:
         return getattr(torch, self._kind or "cuda")
 
     def _index(self, device: str) -> int:
+        known = self._indices.get(device)
+        if known is not None:
+            return known
         kind, _, index = device.partition(":")
         if kind != self._kind or not index.isdigit() or int(index) >= self._count:
             raise BackendUnavailable(f"torch backend has no device {device!r}")
+        self._indices[device] = int(index)
         return int(index)
 
     def initialized(self) -> bool:
@@ -430,15 +435,13 @@ def _pools_key_of(nested: Any) -> tuple[int, ...] | None:
     every test, and with every byte total equal the split is the same unless a
     block of one pool was freed while one of the same size was taken in another.)"""
     try:
-        return tuple(
-            int(nested[name]["all"][which])
-            for name, which in (
-                ("segment", "allocated"),
-                ("segment", "freed"),
-                ("reserved_bytes", "current"),
-                ("active_bytes", "current"),
-                ("allocated_bytes", "current"),
-            )
+        segment = nested["segment"]["all"]
+        return (
+            int(segment["allocated"]),
+            int(segment["freed"]),
+            int(nested["reserved_bytes"]["all"]["current"]),
+            int(nested["active_bytes"]["all"]["current"]),
+            int(nested["allocated_bytes"]["all"]["current"]),
         )
     except Exception:  # noqa: BLE001 - no key: take the snapshot every time
         return None

@@ -386,7 +386,7 @@ class Tracker:
                         changes.update(seen(device))
                 except Exception:  # noqa: BLE001 - a fresh reading says what is wrong
                     return None
-            readings[device] = dataclasses.replace(reading, **changes)
+            readings[device] = reading.with_values(**changes)
         return readings
 
     def _same_as_baseline(self, t0: float) -> CheckResult | None:

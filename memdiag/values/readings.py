@@ -80,6 +80,14 @@ class DeviceReading:
             },
         )
 
+    def with_values(self, **changes: Any) -> DeviceReading:
+        """A copy with ``changes`` (field names, unchecked): ``dataclasses.replace``
+        without its per-field work, for the readings every passing check copies."""
+        copy = object.__new__(DeviceReading)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.update(changes)
+        return copy
+
     @property
     def outside_torch(self) -> int | None:
         """Driver-charged memory of this process (not its children, which are counted

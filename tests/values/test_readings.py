@@ -45,3 +45,10 @@ def test_merged_fills_only_what_the_first_source_cannot_tell() -> None:
     # every field is accounted for: one added to DeviceReading is merged too
     assert {f.name for f in dataclasses.fields(DeviceReading)} >= set(merged.__dict__)
     assert nvml.merged(torch).allocated == 99
+
+
+def test_with_values_is_replace_without_its_cost() -> None:
+    reading = DeviceReading(device="cuda:0", allocated=1, peak_allocated=3, extra={"a": 1})
+    copy = reading.with_values(peak_allocated=7, time=2.0)
+    assert copy == dataclasses.replace(reading, peak_allocated=7, time=2.0)
+    assert reading.peak_allocated == 3 and copy is not reading
