@@ -31,6 +31,7 @@ _HELD_NUMBERS = tuple(int(getattr(signal, name)) for name in _HELD if hasattr(si
 # The C function: signal.getsignal wraps SIG_DFL/SIG_IGN in an enum in Python (~3 us a
 # signal); the check asks for eight signals on every test.
 _getsignal: Callable[[int], Any] = getattr(signal, "_signal", signal).getsignal
+_setsignal: Callable[[int, Any], Any] = getattr(signal, "_signal", signal).signal
 
 
 class _Recorder:
@@ -58,7 +59,7 @@ def deferred_signals(*, redeliver: bool = True) -> Iterator[list[int]]:
         try:
             handler = _getsignal(signum)
             if callable(handler) and not isinstance(handler, _Recorder):
-                signal.signal(signum, recorder)
+                _setsignal(signum, recorder)
                 saved[signum] = handler
         except (OSError, ValueError, TypeError):
             continue
@@ -67,7 +68,7 @@ def deferred_signals(*, redeliver: bool = True) -> Iterator[list[int]]:
     finally:
         for signum, previous in saved.items():
             try:
-                signal.signal(signum, previous)
+                _setsignal(signum, previous)
             except (OSError, ValueError, TypeError):
                 pass
         if redeliver:

@@ -110,6 +110,28 @@ class _PhaseHandle:
         self._tracker.end_phase(self._name)
 
 
+class _Spending:
+    """``with tracker.spending():`` (a plain class: every check enters it a few times)."""
+
+    __slots__ = ("_t0", "_tracker")
+
+    def __init__(self, tracker: Tracker) -> None:
+        self._tracker = tracker
+        self._t0 = 0.0
+
+    def __enter__(self) -> None:
+        tracker = self._tracker
+        if not tracker._spending:
+            self._t0 = _perf_counter()
+        tracker._spending += 1
+
+    def __exit__(self, *exc: object) -> None:
+        tracker = self._tracker
+        tracker._spending -= 1
+        if not tracker._spending:
+            tracker.spent_s += _perf_counter() - self._t0
+
+
 class Tracker:
     """Watches device memory from a baseline through named phases to a final check.
 
@@ -204,17 +226,9 @@ class Tracker:
         )
 
     # -- lifecycle -----------------------------------------------------------------
-    @contextmanager
-    def spending(self) -> Iterator[None]:
+    def spending(self) -> _Spending:
         """Count the time inside into :attr:`spent_s` (the outermost use counts)."""
-        self._spending += 1
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._spending -= 1
-            if not self._spending:
-                self.spent_s += time.perf_counter() - t0
+        return _Spending(self)
 
     def start(
         self,
@@ -425,9 +439,13 @@ class Tracker:
         analysis = dict(template.analysis)
         if self._procs is not None:
             analysis["processes"] = self._procs.to_json()
-        result = dataclasses.replace(
-            template,
+        result = CheckResult(
+            leaked=False,
             devices=devices,
+            phases=(),
+            findings=(),
+            cheap=True,
+            settle_s=template.settle_s,
             elapsed_s=_perf_counter() - t0,
             notices=tuple(self.selection.notices) + tuple(self._start_notices),
             analysis=analysis,
