@@ -380,7 +380,9 @@ def _read_script(path: Path, value: str) -> bytes:
             except BlockingIOError:
                 continue
             if not chunk:
-                if chunks:
+                if chunks or _anonymous_pipe(fd):
+                    # EOF: every writer closed (an anonymous pipe, as from ``<(...)``,
+                    # gets no writer later: one that wrote nothing is an empty script).
                     return b"".join(chunks)
                 if time.monotonic() >= deadline:
                     raise TargetError(
@@ -394,6 +396,14 @@ def _read_script(path: Path, value: str) -> bytes:
             deadline = time.monotonic() + PIPE_WAIT_S
     finally:
         os.close(fd)
+
+
+def _anonymous_pipe(fd: int) -> bool:
+    """``fd`` is a pipe with no name (``pipe:[inode]``), not a FIFO on a file system."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
+    except OSError:
+        return False
 
 
 def _compile_later(source: bytes | str, file: str) -> _Code:

@@ -48,3 +48,20 @@ def test_a_regular_file_is_read_as_it_is(tmp_path: Path) -> None:
     script = tmp_path / "s.py"
     script.write_bytes(b"print('hi')\n")
     assert runner._read_script(script, str(script)) == b"print('hi')\n"
+
+
+def test_an_empty_anonymous_pipe_is_an_empty_script_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``memdiag run <(true)``: the writer is gone and no other can come, so python's
+    answer (an empty script) is given without the FIFO's wait."""
+    monkeypatch.setattr(runner, "PIPE_WAIT_S", 10.0)
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    path = Path(f"/proc/self/fd/{read_end}")
+    started = time.monotonic()
+    try:
+        assert runner._read_script(path, str(path)) == b""
+    finally:
+        os.close(read_end)
+    assert time.monotonic() - started < 5
