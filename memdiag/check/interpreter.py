@@ -251,6 +251,9 @@ class _Restored:
         self._state = state
         self._lazy = lazy
         self._undo: list[Callable[[], None]] = []
+        self.changed = False
+        """Whether anything had to be put back (the program left the interpreter
+        changed): known once the block is entered."""
 
     def __enter__(self) -> None:
         """Puts back what is not back yet: entering again (after a signal handler of
@@ -258,11 +261,13 @@ class _Restored:
         if not _OPEN or _OPEN[-1] is not self:
             _OPEN.append(self)
         self._state._put_back(self._undo, lazy=self._lazy)
+        self.changed = self.changed or bool(self._undo)
 
     def _widen(self) -> None:
         if self._lazy:
             self._state._put_back_spaces(self._state._rest, self._undo)
             self._lazy = False
+            self.changed = self.changed or bool(self._undo)
 
     def __exit__(
         self,

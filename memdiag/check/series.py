@@ -54,6 +54,11 @@ class CheckSeries:
         baseline takes them where the counters have not moved since (never after a
         refresh: whatever makes the ledger stale makes them stale too)."""
 
+    @property
+    def stale(self) -> bool:
+        """The next baseline refreshes the ledger (first test, wider fixture, leak)."""
+        return self._stale
+
     def mark_stale(self) -> None:
         """Memory was allocated outside the series' checks: refresh before the next baseline."""
         self._stale = True

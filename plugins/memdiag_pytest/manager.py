@@ -82,6 +82,8 @@ class LeakCheckManager:
         self.series = CheckSeries(selection, record_alloc_stacks=settings.alloc_stacks)
         self._pid = os.getpid()
         self._interpreter = InterpreterState()
+        self._interpreter_changed = False
+        """The last check had to put the interpreter back (see :meth:`_start_tracker`)."""
         self._run: CheckRun | None = None
         self._test: TestState | None = None
         self._deferring = False
@@ -252,7 +254,16 @@ class LeakCheckManager:
         )
 
     def _start_tracker(self, run: CheckRun, first_phase: str) -> None:
-        tracker = self.series.start(tolerance=run.tolerance, settle=run.settle, name=run.key)
+        if self._interpreter_changed or self.series.stale:
+            # The last check found the interpreter changed (a test left os.getpid or a
+            # builtin replaced), or something other than tests ran since (the first
+            # test, a wider fixture's setup): the baseline is taken in the interpreter
+            # the session started with too.  Else the last check found it as captured
+            # and only pytest's own reporting ran since: nothing to put back.
+            with self._interpreter.restored(lazy=True):
+                tracker = self._series_start(run)
+        else:
+            tracker = self._series_start(run)
         run.tracker = tracker
         test = self._test
         if run.scope == "function":
@@ -261,6 +272,9 @@ class LeakCheckManager:
                 self._say_peak_bound(test)
         elif test is not None and test.checked:
             self._open_test_phase(test)
+
+    def _series_start(self, run: CheckRun) -> Tracker:
+        return self.series.start(tolerance=run.tolerance, settle=run.settle, name=run.key)
 
     def _open_test_phase(self, test: TestState) -> None:
         run = test.run
@@ -306,13 +320,17 @@ class LeakCheckManager:
 
     @contextmanager
     def _excluded(self, tracker: Tracker) -> Iterator[None]:
+        # Readings and a heap walk at each end (rare, costly anyway): in the interpreter
+        # the session started with; the fixture itself runs in the program's.
         self._excluding += 1
-        exclusion = Exclusion(tracker).start()
+        with self._interpreter.restored():
+            exclusion = Exclusion(tracker).start()
         try:
             yield
         finally:
             self._excluding -= 1
-            exclusion.end()
+            with self._interpreter.restored():
+                exclusion.end()
 
     # -- call and teardown ---------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)
@@ -355,8 +373,10 @@ class LeakCheckManager:
         if run is None or run.tracker is None or run.result is not None:
             return
         drop_test_references(test.item)
-        with self._interpreter.restored(lazy=True):  # as in _finish
+        restorer = self._interpreter.restored(lazy=True)
+        with restorer:  # as in _finish
             run.result = self._check(run)
+        self._interpreter_changed = restorer.changed
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -375,8 +395,10 @@ class LeakCheckManager:
             # limit of 60: the check and its report run in the interpreter the session
             # started with (the test's state is put back after).  What a check that
             # passes on counters does not call is put back only when it goes further.
-            with self._interpreter.restored(lazy=True):
+            restorer = self._interpreter.restored(lazy=True)
+            with restorer:
                 self._finish(test, report)
+            self._interpreter_changed = restorer.changed
         finally:
             if test.run is not None and (test.run.scope == "function" or test.unit_ends):
                 self._close_run()

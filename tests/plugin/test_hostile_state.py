@@ -87,3 +87,31 @@ def test_a_leak_is_reported_with_the_report_path_replaced(pytester: pytest.Pytes
     assert [t["nodeid"].rsplit("::", 1)[-1] for t in leaking] == [
         "test_leaks_with_report_functions_replaced"
     ]
+
+
+LEFT_BROKEN = """
+import os, torch
+
+REAL = os.getpid
+
+def test_leaves_getpid_broken():
+    os.getpid = None
+
+def test_next_one_is_checked():
+    x = torch.ones(10)
+
+def test_puts_it_back():
+    os.getpid = REAL
+"""
+
+
+def test_the_next_baseline_is_taken_in_memdiags_interpreter(pytester: pytest.Pytester) -> None:
+    """A test that leaves ``os.getpid = None``: the next test's baseline runs in the
+    interpreter the session started with (its check already did), not into a
+    TypeError of the test's making."""
+    pytester.makepyfile(test_left=LEFT_BROKEN)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--gpu-leak-check", "--gpu-leak-settle=0", "-p", "no:randomly"
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=3)
