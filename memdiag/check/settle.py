@@ -70,6 +70,14 @@ class SettleOutcome:
     def describe(self) -> str:
         if self.ended == "back":
             return f"memory came back after settling {self.elapsed_s:.2f} s ({self.polls} polls)"
+        if self.ended == "stalled" and self.elapsed_s >= self.settle_s:
+            # The last poll of the settle time also closed the stall window: nothing
+            # was cut short, so say what the readings did, not that it ended early.
+            return (
+                f"settled {self.elapsed_s:.2f} s (settle time {self.settle_s:g} s): the "
+                f"readings stopped moving for the last {self.stall_s:.2f} s ({self.polls} "
+                "polls), as a leak does (lazily released memory keeps falling)"
+            )
         if self.ended == "stalled":
             return (
                 f"settled {self.elapsed_s:.2f} s of up to {self.settle_s:g} s: the readings "

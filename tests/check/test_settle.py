@@ -111,3 +111,13 @@ def test_the_default_window_ends_a_leak_before_the_settle_time(settle: float) ->
     outcome = _outcome(tracker)
     assert outcome.ended == "stalled"
     assert outcome.elapsed_s < settle
+
+
+def test_a_stall_found_at_the_end_of_the_settle_time_is_not_called_early() -> None:
+    from memdiag.check.settle import SettleOutcome
+
+    late = SettleOutcome("stalled", 1.06, 5, 1.0, 0.5).describe()
+    assert late.startswith("settled 1.06 s (settle time 1 s): the readings stopped moving")
+    assert "did not wait longer" not in late
+    early = SettleOutcome("stalled", 0.6, 4, 30.0, 0.5).describe()
+    assert "settled 0.60 s of up to 30 s" in early and "did not wait longer" in early
