@@ -88,8 +88,8 @@ class SettleOutcome:
         if self.settle_s <= 0:
             return (
                 "no settle (settle time 0 s): the verdict used the first reading after "
-                "the program ended; a settle time (--settle) lets lazily released memory "
-                "come back first"
+                "the program or test ended; a settle time (--settle, --gpu-leak-settle) "
+                "lets lazily released memory come back first"
             )
         if self.polls < 2:
             return (
