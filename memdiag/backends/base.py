@@ -39,9 +39,12 @@ class Backend(Protocol):
     device names it reads (``cuda:0``, ``cpu``...), in torch's numbering where the
     device is a torch accelerator.  ``read`` is the cheap path: counters only.
 
-    Optional, looked up with ``getattr``: ``unchanged(device, reading) -> bool``, True
-    when what ``read`` would return now equals ``reading`` (a later baseline then takes
-    the earlier reading instead of reading again); ``pools(device)`` (the torch backend).
+    Optional, looked up with ``getattr``: ``recheck(device, reading) -> dict | None``,
+    ``None`` when what ``read`` would return now differs from ``reading``, else the
+    fields that moved without changing what the reading says (the peaks; ``{}`` when
+    none): a later baseline then takes the earlier reading instead of reading again, and
+    a check whose counters did not move repeats the last verdict; ``pools(device)``
+    (the torch backend).
     """
 
     name: str

@@ -119,15 +119,16 @@ class FakeBackend:
             extra=dict(state.extra),
         )
 
-    def unchanged(self, device: str, reading: DeviceReading) -> bool:
-        """What :meth:`read` would give now equals ``reading`` (its time aside)."""
+    def recheck(self, device: str, reading: DeviceReading) -> dict[str, int | None] | None:
+        """``None`` when what :meth:`read` would give now differs from ``reading`` (its
+        time and peaks aside), else the peaks it would give."""
         state = self._devices.get(device)
         if state is None:
-            return False
+            return None
         self._apply_pending(state)
         if state.private_pools:
-            return False  # a scripted pool may change at equal totals: read it again
-        return (
+            return None  # a scripted pool may change at equal totals: read it again
+        same = (
             state.allocated,
             state.reserved,
             state.driver_used,
@@ -142,10 +143,8 @@ class FakeBackend:
             reading.processes,
             {k: v for k, v in reading.extra.items() if k != "pools"},
         )
-
-    def peaks(self, device: str) -> dict[str, int | None]:
-        """The peak counters :meth:`read` would give now (see ``TorchBackend.peaks``)."""
-        state = self._devices[device]
+        if not same:
+            return None
         return {"peak_allocated": state.peak_allocated, "peak_reserved": state.reserved}
 
     def set_pool(self, device: str, pool: tuple[int, int], reserved: int, allocated: int) -> None:

@@ -190,18 +190,18 @@ class NvmlBackend(DriverBackend[tuple[Any, str], _Raw]):
                     usage[pid] = used
         return usage
 
-    def unchanged(self, device: str, reading: DeviceReading) -> bool:
-        """The device's used and free bytes equal those behind ``reading`` (one NVML
-        call): no process' memory on it changed since."""
+    def recheck(self, device: str, reading: DeviceReading) -> dict[str, int] | None:
+        """``{}`` when the device's used and free bytes equal those behind ``reading``
+        (one NVML call: no process' memory on it changed since), else ``None``."""
         entry = self._handle(device)
         seen = self._usage_seen.get(entry[1])
         if seen is None or reading.driver_used != seen[0][0]:
-            return False
+            return None
         try:
             memory = self._lib.nvmlDeviceGetMemoryInfo(entry[0])
         except self._error:
-            return False
-        return (int(memory.used), int(memory.free)) == seen[0]
+            return None
+        return {} if (int(memory.used), int(memory.free)) == seen[0] else None
 
     def _query(self, entry: tuple[Any, str]) -> _Raw:
         """Device memory, then the processes' usage.  The process listings (two calls,

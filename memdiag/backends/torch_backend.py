@@ -61,7 +61,6 @@ class TorchBackend:
         self._init_pid: int | None = None
         """The process in which the accelerator was seen initialised: it stays so there
         (a forked child is another process and asks again)."""
-        self._peaks: dict[str, dict[str, int | None]] = {}
         self._indices: dict[str, int] = {}
         self._raw: dict[str, Callable[..., Any]] | None = None
         """``torch._C``'s CUDA entry points behind the Python wrappers (see
@@ -210,42 +209,36 @@ class TorchBackend:
             extra={"initialized": True},
         )
 
-    def unchanged(self, device: str, reading: DeviceReading) -> bool:
-        """The allocator's counters for ``device`` equal ``reading``'s (bytes allocated,
-        reserved and active; for ``host-pinned``, bytes in use and owned): one C call,
-        without building a reading."""
+    def recheck(self, device: str, reading: DeviceReading) -> dict[str, int | None] | None:
+        """``None`` when the allocator's counters for ``device`` moved since ``reading``
+        (bytes allocated, reserved and active; for ``host-pinned``, bytes owned), else
+        the peaks read by the same C call: one call, no reading built."""
         if not self.initialized():
-            return reading.extra.get("initialized") is False
+            return {} if reading.extra.get("initialized") is False else None
         if reading.extra.get("initialized") is False:
-            return False
+            return None
         if device == HOST_PINNED:
             if self._kind != "cuda":
-                return False
+                return None
             owned = self._host_stats().get("allocated_bytes")
-            if owned is None:
-                return False
-            self._peaks[device] = {"peak_allocated": owned[1] or None}
-            return owned[0] == reading.allocated
+            if owned is None or owned[0] != reading.allocated:
+                return None
+            return {"peak_allocated": owned[1] or None}
         raw = self._c("stats")
         if raw is None:
-            return False
+            return None
         index = self._index(device)
         nested = raw(index)
         key = _pools_key_of(nested)
         if key is None:
-            return False
+            return None
         self._read_key[index] = key
-        self._peaks[device] = {
+        if (key[4], key[2], key[3]) != (reading.allocated, reading.reserved, reading.active):
+            return None
+        return {
             "peak_allocated": int(nested["allocated_bytes"]["all"]["peak"]),
             "peak_reserved": int(nested["reserved_bytes"]["all"]["peak"]),
         }
-        return (key[4], key[2], key[3]) == (reading.allocated, reading.reserved, reading.active)
-
-    def peaks(self, device: str) -> dict[str, int | None]:
-        """The peak counters the last :meth:`unchanged` call for ``device`` read (the
-        same C call): an unchanged reading with this test's peaks, for a check that
-        passes without reading again."""
-        return self._peaks.pop(device, {})
 
     def _host_stats(self) -> dict[str, tuple[int, int]]:
         """``name -> (current, peak)`` of the pinned-memory allocator's byte counters,

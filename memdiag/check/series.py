@@ -48,11 +48,10 @@ class CheckSeries:
         self.ledger = StorageLedger()
         self._stale = True
         self._at_refresh: dict[str, DeviceReading] = {}
-        self._previous: dict[str, DeviceReading] | None = None
-        self._previous_result: CheckResult | None = None
-        """The last check's final readings when it passed on counters alone: the next
-        baseline takes them where the counters have not moved since (never after a
-        refresh: whatever makes the ledger stale makes them stale too)."""
+        self._previous: CheckResult | None = None
+        """The last check when it passed on counters alone: the next baseline takes its
+        final readings where the counters have not moved since (never after a refresh:
+        whatever makes the ledger stale makes them stale too)."""
 
     @property
     def stale(self) -> bool:
@@ -87,10 +86,7 @@ class CheckSeries:
             if refreshed and cpu:  # the CPU gate sizes its baseline from the ledger
                 self.ledger.refresh()
             previous, self._previous = self._previous, None
-            previous_result, self._previous_result = self._previous_result, None
-            if refreshed:
-                previous = previous_result = None
-            tracker.start(previous=previous, previous_result=previous_result)
+            tracker.start(previous=None if refreshed else previous)
             if refreshed and not cpu:
                 if _nothing_allocated(tracker.baseline):
                     # No storage lives on the checked devices: an empty ledger is
@@ -126,8 +122,7 @@ class CheckSeries:
             self._stale = True
             return result
         if result.cheap and not result.phases:
-            self._previous = {check.device: check.final for check in result.devices}
-            self._previous_result = result
+            self._previous = result
         if walked is not None:
             # The gate tripped and the check walked the heap anyway: that walk is the
             # refresh the moved counters call for (no second walk at the next start).

@@ -230,29 +230,19 @@ class Tracker:
         """Count the time inside into :attr:`spent_s` (the outermost use counts)."""
         return _Spending(self)
 
-    def start(
-        self,
-        *,
-        previous: Mapping[str, DeviceReading] | None = None,
-        previous_result: CheckResult | None = None,
-    ) -> Tracker:
+    def start(self, *, previous: CheckResult | None = None) -> Tracker:
         """Take the baseline and become the active tracker.
 
-        ``previous``: readings of every device taken earlier (the last check of a
-        series): where each backend vouches that its counters still equal them
-        (``unchanged``), they are the baseline and no device is read again.
-        ``previous_result``: the clean check (no findings, no phases) whose final
-        readings ``previous`` are: when they became the baseline and this check finds
-        every counter still equal to them, it is that result again, with this check's
-        peaks and times (see :meth:`_same_as_baseline`)."""
+        ``previous``: the last check of a series when it passed on its counters alone
+        (no phases).  Where each backend vouches that its counters still equal that
+        check's final readings (``recheck``), they are the baseline and no device is
+        read again; and when that check had no findings, this one repeats its verdict
+        if its counters still equal the baseline at the end (see
+        :meth:`_same_as_baseline`)."""
         with self.spending():
-            return self._start(previous, previous_result)
+            return self._start(previous)
 
-    def _start(
-        self,
-        previous: Mapping[str, DeviceReading] | None = None,
-        previous_result: CheckResult | None = None,
-    ) -> Tracker:
+    def _start(self, previous: CheckResult | None = None) -> Tracker:
         if self._started:
             raise RuntimeError("this tracker has already started")
         spec = self._device_spec
@@ -278,9 +268,11 @@ class Tracker:
         if counters is not None:
             self._gate_base = counters
             self._gate_deaths = ledger_deaths()
-        reused = self._unchanged(previous) if previous is not None and not self.gated else None
-        if reused is not None and previous_result is not None and not previous_result.findings:
-            self._template = previous_result
+        reused = None
+        if previous is not None and not self.gated:
+            reused = self._unchanged({check.device: check.final for check in previous.devices})
+            if reused is not None and not previous.findings:
+                self._template = previous
         self.baseline = self._with_pools(
             reused or self._read(gated=True, baseline=True), always=True
         )
@@ -375,12 +367,10 @@ class Tracker:
             readings[device] = merged or DeviceReading(device=device, time=_monotonic())
         return readings
 
-    def _unchanged(
-        self, previous: Mapping[str, DeviceReading], *, peaks: bool = False
-    ) -> dict[str, DeviceReading] | None:
-        """``previous`` (with the time of now) where every backend of every device
-        says its counters did not move since, else ``None``.  ``peaks``: with the peak
-        counters the backends read meanwhile (``peaks(device)``)."""
+    def _unchanged(self, previous: Mapping[str, DeviceReading]) -> dict[str, DeviceReading] | None:
+        """``previous`` where every backend of every device says its counters did not
+        move since (``recheck``), with the time of now and what the backends read
+        meanwhile that does not change the verdict (the peaks); else ``None``."""
         assert self.selection is not None
         now = _monotonic()
         readings: dict[str, DeviceReading] = {}
@@ -391,21 +381,20 @@ class Tracker:
                 return None
             changes: dict[str, Any] = {"time": now}
             for backend in readers:
-                same = getattr(backend, "unchanged", None)
+                recheck = getattr(backend, "recheck", None)
                 try:
-                    if not callable(same) or not same(device, reading):
-                        return None
-                    seen = getattr(backend, "peaks", None) if peaks else None
-                    if callable(seen):
-                        changes.update(seen(device))
+                    held = recheck(device, reading) if callable(recheck) else None
                 except Exception:  # noqa: BLE001 - a fresh reading says what is wrong
                     return None
+                if held is None:
+                    return None
+                changes.update(held)
             readings[device] = reading.with_values(**changes)
         return readings
 
     def _same_as_baseline(self, t0: float) -> CheckResult | None:
         """The fast lane of a series' passing check: the baseline was the last clean
-        check's final readings (``previous_result``, no findings) and every backend
+        check's final readings (``previous``, no findings) and every backend
         says its counters still equal them, so the readings, the assessment and the
         verdict are that check's again.  Only the peaks (read in the same calls), the
         times and what no counter shows are looked at anew: ``gc.freeze()``, child
@@ -419,7 +408,7 @@ class Tracker:
             or gc.get_freeze_count() > self._baseline_freeze
         ):
             return None
-        finals = self._unchanged(self.baseline, peaks=True)
+        finals = self._unchanged(self.baseline)
         if finals is None or self._census_grew(finals) or self._processes_pending(finals):
             return None
         if self._procs is not None and self._procs.findings(finals, observed=True):

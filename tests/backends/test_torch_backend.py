@@ -102,13 +102,17 @@ def test_reads_the_nested_counters_and_knows_when_they_did_not_move(fake_c: Fake
     reading = backend.read("cuda:0")
     assert (reading.allocated, reading.reserved, reading.active) == (1 << 20, 2 << 20, 1 << 20)
     assert reading.peak_allocated == 2 << 20
-    assert backend.unchanged("cuda:0", reading)
+    assert backend.recheck("cuda:0", reading) == {
+        "peak_allocated": 2 << 20,
+        "peak_reserved": 4 << 20,
+    }
     fake_c.allocated += 512
-    assert not backend.unchanged("cuda:0", reading)
+    assert backend.recheck("cuda:0", reading) is None
     pinned = backend.read(HOST_PINNED)
-    assert pinned.allocated == 4096 and backend.unchanged(HOST_PINNED, pinned)
+    assert pinned.allocated == 4096
+    assert backend.recheck(HOST_PINNED, pinned) == {"peak_allocated": 4096}
     fake_c.pinned = 0
-    assert not backend.unchanged(HOST_PINNED, pinned)
+    assert backend.recheck(HOST_PINNED, pinned) is None
 
 
 def test_settle_synchronises_the_current_device_directly_and_others_through_torch(
@@ -145,7 +149,7 @@ def test_a_build_without_the_entry_points_goes_through_torch_cuda(
     backend = _backend()
     reading = backend.read("cuda:0")
     assert (reading.allocated, reading.reserved) == (5, 8)
-    assert not backend.unchanged("cuda:0", reading)  # no cheap way to tell: read again
+    assert backend.recheck("cuda:0", reading) is None  # no cheap way to tell: read again
     backend.settle("cuda:0")
     backend.reset_peak("cuda:0")
     assert calls[-2:] == ["torch.cuda.synchronize 0", "torch.cuda.reset 0"]
